@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: MIT */
+/* The acs configuration file (/etc/acs/acs.conf, ini style): typed settings with defaults. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define ACS_CONFIG_DEFAULT_PATH "/etc/acs/acs.conf"
+
+enum acs_cache_mode {
+        ACS_CACHE_MEMORY = 0,     /* database on tmpfs, removed when the user's instance stops */
+        ACS_CACHE_PERSISTENT = 1, /* database under cache.dir, survives restarts */
+};
+
+enum acs_bus_mode {
+        ACS_BUS_OWN = 0,     /* acsd starts its own dbus-daemon */
+        ACS_BUS_ADDRESS = 1, /* use bus.address */
+};
+
+typedef struct acs_config {
+        /* [imap] */
+        char *imap_url;            /* imaps://host:port or imap://host:port (STARTTLS) */
+        char *imap_ca;             /* CA file; NULL = system trust store */
+        bool imap_insecure_plaintext;
+        /* [cache] */
+        enum acs_cache_mode cache_mode;
+        char *cache_dir;           /* persistent databases; default /var/lib/acs */
+        char *cache_memory_dir;    /* memory databases; default /run/acs-cache */
+        /* [tree] */
+        char *tree_root;           /* mount root; default /run/acs */
+        int tree_layout;           /* enum acs_layout; "fs" or "maildir++" */
+        char *tree_owner;          /* user owning the files; default "acs" */
+        char *tree_group;          /* group that may read; default "www-data" */
+        unsigned tree_mode;        /* octal; default 0750 */
+        /* [session] */
+        unsigned session_idle_timeout; /* seconds with no session before an instance stops; 600 */
+        /* [socket] */
+        char *socket_path;         /* default /run/acsd/acsd.sock */
+        unsigned socket_max_per_uid; /* 32 */
+        char *socket_allow_group;  /* group allowed to connect; NULL = any */
+        /* [bus] */
+        enum acs_bus_mode bus_mode;
+        char *bus_address;
+        unsigned bus_max_connections; /* 10000 */
+        /* [limits] */
+        unsigned limits_max_users;    /* 1000 */
+        unsigned limits_login_failures; /* failures per user/peer before slowing down: 5 */
+        /* [agent] */
+        char *agent_user;          /* unprivileged uid for acs-syncd/acs-fs; default "acs" */
+} acs_config;
+
+/* Fills *cfg with every default (strings malloc'd). */
+void acs_config_defaults(acs_config *cfg);
+/* Frees the strings and zeroes *cfg; accepts NULL. */
+void acs_config_clear(acs_config *cfg);
+
+/*
+ * Loads path over the defaults. Unknown sections or keys, bad values, duplicate keys
+ * and syntax errors fail with -EINVAL and *ret_error = "PATH:LINE: reason" (malloc'd);
+ * a missing or unreadable file fails with -errno and a message naming the path.
+ * On success *ret is the filled config (caller clears it).
+ */
+int acs_config_load(const char *path, acs_config *ret, char **ret_error);
+/* The same from a string (for tests); name is used in messages. */
+int acs_config_load_string(const char *text, const char *name, acs_config *ret, char **ret_error);
