@@ -206,12 +206,25 @@ enum acs_change_kind {
         ACS_CHANGE_MESSAGE_CHANGED = 6, /* flags, keywords, uid, state: the file name changed */
 };
 
+/*
+ * One journal row. For MESSAGE_CHANGED and MESSAGE_REMOVED the old_* fields hold the
+ * message's values before the change (so the old file name can be rebuilt and invalidated);
+ * for MESSAGE_CHANGED by a move, mailbox_id is the new mailbox and old_mailbox_id the old.
+ * For MAILBOX_CHANGED by a rename and MAILBOX_REMOVED, old_name is the name before.
+ * Strings are owned by the store and valid only during the callback.
+ */
 typedef struct acs_change {
         int64_t seq;
-        int kind;          /* enum acs_change_kind */
+        int kind;              /* enum acs_change_kind */
         int64_t mailbox_id;
-        int64_t message_id; /* 0 for mailbox changes */
-        char *old_name;    /* MESSAGE_CHANGED/REMOVED: the file name before; MAILBOX_*: old mailbox name; may be NULL */
+        int64_t message_id;    /* 0 for mailbox changes */
+        int64_t old_mailbox_id;
+        unsigned old_flags;
+        const char *old_keywords;
+        unsigned old_state;
+        const char *old_uniq;
+        uint64_t old_size, old_vsize;
+        const char *old_name;  /* mailbox changes: the old mailbox name; NULL otherwise */
 } acs_change;
 
 /* Journal rows are written by triggers in the same transaction as the change itself. */
