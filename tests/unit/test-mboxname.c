@@ -59,6 +59,7 @@ static const struct mutf7_pair mutf7_pairs[] = {
         { "\xc3\xa4&", "&AOQ-&-" },
         { "&\xc3\xa4", "&-&AOQ-" },
         { "\xc3\xa4x\xc3\xbc", "&AOQ-x&APw-" },
+        { "\xc3\xa4\xc3\xbc", "&AOQA,A-" },
         { "\xe6\x97\xa5\xe6\x9c\xac", "&ZeVnLA-" },            /* 日本 */
         { "\xf0\x9f\x98\x80", "&2D3eAA-" },                    /* U+1F600 */
         { "\xf0\x9f\x98\x80\xf0\x9f\x98\x80", "&2D3eANg93gA-" },
@@ -422,6 +423,12 @@ static const struct path_case path_cases[] = {
         { "50%/x", '/', PP, ".50%25.x" },
         { "inbox", '/', PP, ".inbox" },
         { "INBOX.x", 0, PP, ".INBOX%2Ex" },
+        /* the rest of the examples of docs/names.md */
+        { "a/b.c", '.', PP, ".a%2Fb.c" },
+        { "Lists/cur", '/', PP, ".Lists.cur" },
+        { ".dot/..", '/', PP, ".%2Edot.%2E%2E" },
+        { "50%/x", '/', FS, "50%25/x" },
+        { "Entw\xc3\xbcrfe", '/', PP, ".Entw\xc3\xbcrfe" },
 };
 
 TEST(mbox_paths)
