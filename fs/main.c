@@ -1,0 +1,248 @@
+/* SPDX-License-Identifier: MIT */
+/* acs-fs: mounts one user's cache as a Maildir tree (FUSE low-level API, multithreaded). */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "acs/log.h"
+#include "acs/util.h"
+#include "fs.h"
+
+#define DEFAULT_TIMEOUT 3600.0 /* seconds; changes are pushed by invalidation */
+
+static void store_destroy(void *p)
+{
+        acs_store_close(p);
+}
+
+acs_store *fs_thread_store(fs_ctx *ctx, int *ret_err)
+{
+        acs_store *s = pthread_getspecific(ctx->store_key);
+        char *err = NULL;
+        int r;
+
+        if (s)
+                return s;
+        r = acs_store_open(ctx->db_path, ACS_STORE_READONLY, &s, &err);
+        if (r < 0) {
+                acs_log(LOG_ERR, "cannot open the cache: %s", err ? err : strerror(-r));
+                free(err);
+                *ret_err = -EIO;
+                return NULL;
+        }
+        r = pthread_setspecific(ctx->store_key, s);
+        if (r != 0) {
+                acs_store_close(s);
+                *ret_err = -r;
+                return NULL;
+        }
+        return s;
+}
+
+int fs_ctx_reload_tree(fs_ctx *ctx, acs_store *s, fs_tree **ret_old)
+{
+        fs_tree *t = NULL;
+        int r = fs_tree_build(s, ctx->layout, &t);
+
+        if (r < 0)
+                return r;
+        pthread_rwlock_wrlock(&ctx->tree_lock);
+        fs_tree *old = ctx->tree;
+        ctx->tree = t;
+        pthread_rwlock_unlock(&ctx->tree_lock);
+        if (ret_old)
+                *ret_old = old;
+        else
+                fs_tree_free(old);
+        return 0;
+}
+
+static void usage(FILE *f)
+{
+        fprintf(f,
+                "usage: acs-fs --db PATH [--layout fs|maildir++] [--timeout SECONDS]\n"
+                "              [--log-level LEVEL] [-o FUSE-OPTIONS] [-f] [-d] MOUNTPOINT\n"
+                "Mounts the acs cache PATH as a Maildir tree (read-only for now: writes fail with EROFS).\n");
+}
+
+int main(int argc, char **argv)
+{
+        static const struct option longopts[] = {
+                { "db", required_argument, NULL, 'D' },
+                { "layout", required_argument, NULL, 'L' },
+                { "timeout", required_argument, NULL, 'T' },
+                { "log-level", required_argument, NULL, 'l' },
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        fs_ctx ctx = {
+                .layout = ACS_LAYOUT_FS,
+                .entry_timeout = DEFAULT_TIMEOUT,
+                .uid = getuid(),
+                .gid = getgid(),
+        };
+        struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+        struct fuse_cmdline_opts opts = { 0 };
+        struct fuse_loop_config *cfg = NULL;
+        acs_store *s = NULL;
+        fs_watch *w = NULL;
+        const char *db = NULL;
+        int prio = LOG_INFO, c, ret = 1;
+        char *err = NULL;
+
+        if (fuse_opt_add_arg(&args, argv[0]) < 0)
+                return 1;
+        opterr = 0;
+        while ((c = getopt_long(argc, argv, "+o:fdsh", longopts, NULL)) != -1) {
+                switch (c) {
+                case 'D':
+                        db = optarg;
+                        break;
+                case 'L':
+                        if (strcmp(optarg, "fs") == 0)
+                                ctx.layout = ACS_LAYOUT_FS;
+                        else if (strcmp(optarg, "maildir++") == 0)
+                                ctx.layout = ACS_LAYOUT_MAILDIRPP;
+                        else {
+                                fprintf(stderr, "acs-fs: unknown layout '%s' (fs or maildir++)\n", optarg);
+                                return 2;
+                        }
+                        break;
+                case 'T': {
+                        char *end;
+                        ctx.entry_timeout = strtod(optarg, &end);
+                        if (*end || ctx.entry_timeout < 0) {
+                                fprintf(stderr, "acs-fs: bad --timeout '%s'\n", optarg);
+                                return 2;
+                        }
+                        break;
+                }
+                case 'l':
+                        if (acs_log_parse_level(optarg, &prio) < 0) {
+                                fprintf(stderr, "acs-fs: bad --log-level '%s'\n", optarg);
+                                return 2;
+                        }
+                        break;
+                case 'o':
+                        if (fuse_opt_add_arg(&args, "-o") < 0 || fuse_opt_add_arg(&args, optarg) < 0)
+                                return 1;
+                        break;
+                case 'f':
+                        if (fuse_opt_add_arg(&args, "-f") < 0)
+                                return 1;
+                        break;
+                case 'd':
+                        if (fuse_opt_add_arg(&args, "-d") < 0)
+                                return 1;
+                        break;
+                case 's':
+                        if (fuse_opt_add_arg(&args, "-s") < 0)
+                                return 1;
+                        break;
+                case 'h':
+                        usage(stdout);
+                        return 0;
+                default:
+                        usage(stderr);
+                        return 2;
+                }
+        }
+        if (!db || optind != argc - 1) {
+                usage(stderr);
+                return 2;
+        }
+        if (fuse_opt_add_arg(&args, argv[optind]) < 0 ||
+            fuse_opt_add_arg(&args, "-odefault_permissions,fsname=acs,subtype=acs") < 0)
+                goto out_args;
+
+        acs_log_init("acs-fs", ACS_LOG_AUTO, prio);
+        if (fuse_parse_cmdline(&args, &opts) != 0 || !opts.mountpoint) {
+                usage(stderr);
+                goto out_args;
+        }
+        ctx.db_path = realpath(db, NULL);
+        if (!ctx.db_path) {
+                acs_log(LOG_ERR, "cache %s: %m", db);
+                goto out_args;
+        }
+
+        /* the journal position first, then the tree: nothing committed in between is missed */
+        int r = acs_store_open(ctx.db_path, ACS_STORE_READONLY, &s, &err);
+        if (r < 0) {
+                acs_log(LOG_ERR, "cannot open the cache: %s", err ? err : strerror(-r));
+                free(err);
+                goto out_args;
+        }
+        int64_t seq = 0;
+        r = acs_store_change_last(s, &seq);
+        if (r == 0)
+                r = fs_tree_build(s, ctx.layout, &ctx.tree);
+        s = acs_store_close(s);
+        if (r < 0) {
+                acs_log(LOG_ERR, "cannot read the mailboxes of %s: %s", ctx.db_path, strerror(-r));
+                goto out_args;
+        }
+        pthread_rwlock_init(&ctx.tree_lock, NULL);
+        if (pthread_key_create(&ctx.store_key, store_destroy) != 0)
+                goto out_tree;
+
+        ctx.se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), &ctx);
+        if (!ctx.se)
+                goto out_key;
+        if (fuse_set_signal_handlers(ctx.se) != 0)
+                goto out_session;
+        if (fuse_session_mount(ctx.se, opts.mountpoint) != 0)
+                goto out_signals;
+        if (fuse_daemonize(opts.foreground) != 0)
+                goto out_unmount;
+        /* threads start after daemonizing (fork keeps only the caller) */
+        r = fs_watch_start(&ctx, seq, &w);
+        if (r < 0) {
+                acs_log(LOG_ERR, "cannot watch %s for changes: %s", ctx.db_path, strerror(-r));
+                goto out_unmount;
+        }
+        acs_log(LOG_INFO, "serving %s at %s (%s layout)", ctx.db_path, opts.mountpoint,
+                ctx.layout == ACS_LAYOUT_FS ? "fs" : "maildir++");
+
+        if (opts.singlethread) {
+                ret = fuse_session_loop(ctx.se);
+        } else {
+                cfg = fuse_loop_cfg_create();
+                if (!cfg)
+                        goto out_watch;
+                fuse_loop_cfg_set_clone_fd(cfg, opts.clone_fd);
+                if (opts.max_idle_threads != UINT_MAX)
+                        fuse_loop_cfg_set_idle_threads(cfg, opts.max_idle_threads);
+                if (opts.max_threads != UINT_MAX && opts.max_threads > 0)
+                        fuse_loop_cfg_set_max_threads(cfg, opts.max_threads);
+                ret = fuse_session_loop_mt(ctx.se, cfg);
+                fuse_loop_cfg_destroy(cfg);
+        }
+        ret = ret != 0;
+        acs_log(LOG_INFO, "unmounting %s", opts.mountpoint);
+
+out_watch:
+        w = fs_watch_stop(w);
+out_unmount:
+        fuse_session_unmount(ctx.se);
+out_signals:
+        fuse_remove_signal_handlers(ctx.se);
+out_session:
+        fuse_session_destroy(ctx.se);
+out_key:
+        /* this thread may hold a handle too (single-threaded loop) */
+        store_destroy(pthread_getspecific(ctx.store_key));
+        pthread_key_delete(ctx.store_key);
+out_tree:
+        pthread_rwlock_destroy(&ctx.tree_lock);
+        ctx.tree = fs_tree_free(ctx.tree);
+out_args:
+        free(ctx.db_path);
+        free(opts.mountpoint);
+        fuse_opt_free_args(&args);
+        return ret;
+}
