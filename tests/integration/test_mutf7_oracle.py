@@ -69,7 +69,7 @@ def dovecot(flag, names):
         stdout = stdout[:-1]
         assert len(stdout) == len(batch), (res.returncode, res.stderr[:500])
         rejected = set()
-        for line in res.stderr.decode('utf-8', 'surrogateescape').splitlines():
+        for line in res.stderr.decode('utf-8', 'surrogateescape').split('\n')[:-1]:
             for prefix in ('Error: Mailbox name not valid mUTF-7: ',
                            'Error: Mailbox name not valid UTF-8: '):
                 if line.startswith(prefix):
