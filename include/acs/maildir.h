@@ -55,8 +55,8 @@ size_t acs_crlf_to_lf(char *buf, size_t len);
 uint64_t acs_lf_vsize(const char *buf, size_t len);
 
 /*
- * Streaming LF -> CRLF conversion for appends: converts in into out (capacity out_cap,
- * at least 2 * in_len guarantees completion); *last_cr carries whether the previous
- * chunk ended in CR across calls (start with false). Returns bytes written to out.
+ * Streaming LF -> CRLF conversion for appends: converts in into out, which must have
+ * room for 2 * in_len bytes; *last_cr carries whether the previous chunk ended in CR
+ * across calls (start with false). Returns bytes written to out.
  */
 size_t acs_lf_to_crlf(const char *in, size_t in_len, char *out, bool *last_cr);
