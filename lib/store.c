@@ -1331,9 +1331,10 @@ static int message_fetch(acs_store *s, struct q *q, acs_message *ret)
         return 0;
 }
 
+/* A Maildir unique part: not empty, no '/' and no ':' (the info separator). */
 static bool uniq_valid(const char *u)
 {
-        return *u && !strchr(u, '/') && !strchr(u, ':') && !strchr(u, ',');
+        return *u && !strchr(u, '/') && !strchr(u, ':');
 }
 
 int acs_store_message_add(acs_store *s, acs_message *m)

@@ -1549,6 +1549,36 @@ TEST(triggers_without_library)
         CHECK_INT(rec.c[1].mailbox_id, mb);
         CHECK_INT(rec.c[2].kind, ACS_CHANGE_MESSAGE_CHANGED);
         CHECK_STR(rec.c[2].old_uniq, "x");
+
+        /* a body detached from its only message by an UPDATE is collected too */
+        {
+                int64_t b1 = 0, b2 = 0;
+                uint64_t size;
+                char sql[200];
+
+                CHECK_INT(acs_store_body_put(s, "one\n", 4, &b1), 0);
+                CHECK_INT(acs_store_body_put(s, "two\n", 4, &b2), 0);
+                acs_store_close(s);
+                snprintf(sql, sizeof(sql), "UPDATE message SET body_id = %lld WHERE uid = 1;"
+                         " UPDATE message SET body_id = %lld WHERE uid = 1",
+                         (long long)b1, (long long)b2);
+                sql_exec_file(tmp_path("sh.db"), sql);
+                s = open_new("sh.db");
+                CHECK_INT(acs_store_body_size(s, b1, &size), -ENOENT);
+                CHECK_INT(acs_store_body_size(s, b2, &size), 0);
+        }
+        /* uniq: '/' and ':' are refused, ',' is allowed */
+        {
+                acs_message m = { .mailbox_id = mb, .uid = 2, .uniq = (char *)"a/b" };
+
+                CHECK_INT(acs_store_message_add(s, &m), -EINVAL);
+                m.uniq = (char *)"a:2,S";
+                CHECK_INT(acs_store_message_add(s, &m), -EINVAL);
+                m.uniq = (char *)"";
+                CHECK_INT(acs_store_message_add(s, &m), -EINVAL);
+                m.uniq = (char *)"1700000000.1_2.host,U=5";
+                CHECK_INT(acs_store_message_add(s, &m), 0);
+        }
         acs_store_close(s);
         tmp_done();
 }
