@@ -94,6 +94,8 @@ typedef struct fs_ctx {
         gid_t gid;
         double entry_timeout;   /* seconds the kernel may keep names and attributes */
         struct fuse_session *se;
+        bool allow_no_open;     /* --open-calls=skip (default): let the kernel skip opens */
+        bool no_open;           /* the kernel agreed (set in init) */
 
         pthread_rwlock_t tree_lock;
         fs_tree *tree;          /* protected by tree_lock; swapped by the watcher */

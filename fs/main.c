@@ -65,8 +65,15 @@ static void usage(FILE *f)
 {
         fprintf(f,
                 "usage: acs-fs --db PATH [--layout fs|maildir++] [--timeout SECONDS]\n"
-                "              [--log-level LEVEL] [-o FUSE-OPTIONS] [-f] [-d] MOUNTPOINT\n"
-                "Mounts the acs cache PATH as a Maildir tree (read-only for now: writes fail with EROFS).\n");
+                "              [--open-calls skip|send] [--log-level LEVEL]\n"
+                "              [-o FUSE-OPTIONS] [-f] [-d] [-s] MOUNTPOINT\n"
+                "Mounts the acs cache PATH as a Maildir tree (read-only for now: writes fail with EROFS).\n"
+                "  --layout      fs (INBOX/, Archive/2024/; default) or maildir++ (.Archive.2024/)\n"
+                "  --timeout     seconds the kernel keeps names and attributes (default 3600;\n"
+                "                changes are invalidated as they are committed)\n"
+                "  --open-calls  skip (default): the kernel stops sending open/release for\n"
+                "                messages once allowed; send: every open reaches acs-fs\n"
+                "  -f foreground, -d FUSE debug, -s single-threaded\n");
 }
 
 int main(int argc, char **argv)
@@ -76,6 +83,7 @@ int main(int argc, char **argv)
                 { "layout", required_argument, NULL, 'L' },
                 { "timeout", required_argument, NULL, 'T' },
                 { "log-level", required_argument, NULL, 'l' },
+                { "open-calls", required_argument, NULL, 'O' },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -84,6 +92,7 @@ int main(int argc, char **argv)
                 .entry_timeout = DEFAULT_TIMEOUT,
                 .uid = getuid(),
                 .gid = getgid(),
+                .allow_no_open = true,
         };
         struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
         struct fuse_cmdline_opts opts = { 0 };
@@ -121,6 +130,16 @@ int main(int argc, char **argv)
                         }
                         break;
                 }
+                case 'O':
+                        if (strcmp(optarg, "skip") == 0)
+                                ctx.allow_no_open = true;
+                        else if (strcmp(optarg, "send") == 0)
+                                ctx.allow_no_open = false;
+                        else {
+                                fprintf(stderr, "acs-fs: --open-calls takes skip or send\n");
+                                return 2;
+                        }
+                        break;
                 case 'l':
                         if (acs_log_parse_level(optarg, &prio) < 0) {
                                 fprintf(stderr, "acs-fs: bad --log-level '%s'\n", optarg);
@@ -156,7 +175,8 @@ int main(int argc, char **argv)
                 return 2;
         }
         if (fuse_opt_add_arg(&args, argv[optind]) < 0 ||
-            fuse_opt_add_arg(&args, "-odefault_permissions,fsname=acs,subtype=acs") < 0)
+            fuse_opt_add_arg(&args, "-o") < 0 ||
+            fuse_opt_add_arg(&args, "ro,default_permissions,fsname=acs,subtype=acs") < 0)
                 goto out_args;
 
         acs_log_init("acs-fs", ACS_LOG_AUTO, prio);

@@ -687,13 +687,23 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
         int r = open_do(req, ino, fi);
 
+        /*
+         * A read-only open that checked out: with FUSE_CAP_NO_OPEN_SUPPORT, ENOSYS tells the
+         * kernel to stop sending opens (and releases) at all; it keeps the page cache, so
+         * warm reads never reach us. Opens for writing never get here on the ro mount.
+         */
+        if (r == 0 && req_ctx(req)->no_open) {
+                fuse_reply_err(req, ENOSYS);
+                return;
+        }
+
         if (r < 0)
                 fuse_reply_err(req, -r);
         else
                 fuse_reply_open(req, fi);
 }
 
-static int read_do(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi,
+static int read_do(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi,
                    char **ret_buf, size_t *ret_len)
 {
         fs_ctx *ctx = req_ctx(req);
@@ -706,6 +716,14 @@ static int read_do(fuse_req_t req, size_t size, off_t off, struct fuse_file_info
         _cleanup_free_ char *buf = malloc(size ? size : 1);
         if (!buf)
                 return -ENOMEM;
+        if (fi->fh == 0) {
+                acs_message m = { 0 };
+                r = acs_store_message_get(s, (int64_t)FS_INO_LOW(ino), &m);
+                if (r < 0)
+                        return r;
+                fi->fh = (uint64_t)m.body_id;
+                acs_message_clear(&m);
+        }
         r = acs_store_body_read(s, (int64_t)fi->fh, (uint64_t)off, buf, size, &n);
         if (r < 0)
                 return r == -ENOENT ? -EIO : r;
@@ -718,7 +736,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 {
         char *buf = NULL;
         size_t len = 0;
-        int r = read_do(req, size, off, fi, &buf, &len);
+        int r = read_do(req, ino, size, off, fi, &buf, &len);
 
         if (r < 0)
                 fuse_reply_err(req, -r);
@@ -813,6 +831,9 @@ static void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 
 static void fs_init(void *userdata, struct fuse_conn_info *conn)
 {
+        fs_ctx *ctx = userdata;
+
+        ctx->no_open = ctx->allow_no_open && (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT);
         /* mtimes of messages never change: no need to drop pages on attribute refresh */
         conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
         if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
