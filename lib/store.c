@@ -682,19 +682,13 @@ static uint32_t be32(const unsigned char *p)
 }
 
 /*
- * Looks at an existing file before SQLite does (SQLite would silently treat an empty
- * file as a new database, and reads pages past the end of a truncated one as zeros).
- * Never writes.
+ * Refuses what is not a database before SQLite sees it: an empty file (SQLite would
+ * silently treat it as a new database), a directory, a device. Uses stat() only: the
+ * file itself must not be opened and closed here, since close() drops every POSIX lock
+ * this process holds on it, including those of other open store handles.
  */
 static int precheck_file(const char *path, const struct stat *st, char **ret_error)
 {
-        _cleanup_close_ int fd = -1;
-        unsigned char hdr[100];
-        struct stat wal;
-        char walpath[PATH_MAX];
-        ssize_t n;
-        uint64_t page_size, pages;
-
         if (S_ISDIR(st->st_mode)) {
                 set_error(ret_error, "%s: is a directory, not an acs cache database", path);
                 return -EISDIR;
@@ -707,19 +701,41 @@ static int precheck_file(const char *path, const struct stat *st, char **ret_err
                 set_error(ret_error, "%s: not an acs cache database (empty file)", path);
                 return -EBADMSG;
         }
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        if (fd < 0) {
-                int e = errno;
-                set_error(ret_error, "%s: %s", path, strerror(e));
-                return -e;
+        return 0;
+}
+
+/*
+ * Checks the 100-byte header through SQLite's own file handle (opened, not yet read):
+ * the magic, the page size, and that the file is as long as the header says (SQLite
+ * would read the pages past the end of a truncated file as zeros). Never writes.
+ */
+static int header_check(acs_store *s, const char *path, char **ret_error)
+{
+        sqlite3_file *f = NULL;
+        sqlite3_int64 size = 0;
+        unsigned char hdr[100];
+        uint64_t page_size, pages;
+        struct stat wal;
+        char walpath[PATH_MAX];
+        int rc;
+
+        rc = sqlite3_file_control(s->db, "main", SQLITE_FCNTL_FILE_POINTER, &f);
+        if (rc != SQLITE_OK || !f || !f->pMethods) {
+                set_error(ret_error, "%s: cannot read the database header", path);
+                return -EIO;
         }
-        n = pread(fd, hdr, sizeof(hdr), 0);
-        if (n < 0) {
-                int e = errno;
-                set_error(ret_error, "%s: %s", path, strerror(e));
-                return -e;
+        rc = f->pMethods->xFileSize(f, &size);
+        if (rc != SQLITE_OK) {
+                set_error(ret_error, "%s: cannot read the database header", path);
+                return errno_from_sqlite(rc);
         }
-        if ((size_t)n < sizeof(hdr) || memcmp(hdr, "SQLite format 3", 16) != 0) {
+        if (size == 0) {
+                set_error(ret_error, "%s: not an acs cache database (empty file)", path);
+                return -EBADMSG;
+        }
+        if (size < (sqlite3_int64)sizeof(hdr) ||
+            f->pMethods->xRead(f, hdr, sizeof(hdr), 0) != SQLITE_OK ||
+            memcmp(hdr, "SQLite format 3", 16) != 0) {
                 set_error(ret_error, "%s: not an acs cache database (not an SQLite 3 file)", path);
                 return -EBADMSG;
         }
@@ -739,11 +755,11 @@ static int precheck_file(const char *path, const struct stat *st, char **ret_err
                 bool wal_frames = snprintf(walpath, sizeof(walpath), "%s-wal", path) <
                                           (int)sizeof(walpath) &&
                                   stat(walpath, &wal) == 0 && wal.st_size > 32;
-                if (!wal_frames && pages * page_size > (uint64_t)st->st_size) {
+                if (!wal_frames && pages * page_size > (uint64_t)size) {
                         set_error(ret_error,
                                   "%s: not an acs cache database (truncated: the header says %" PRIu64
                                   " bytes, the file has %" PRIu64 ")",
-                                  path, pages * page_size, (uint64_t)st->st_size);
+                                  path, pages * page_size, (uint64_t)size);
                         return -EBADMSG;
                 }
         }
@@ -831,6 +847,11 @@ static int store_open_db(const char *path, unsigned flags, bool creating, acs_st
         }
         sqlite3_extended_result_codes(s->db, 1);
         sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
+        if (!creating) {
+                r = header_check(s, path, ret_error);
+                if (r < 0)
+                        goto fail;
+        }
 
         /* Identify the file before anything could write to it. */
         rc = pragma_int(s->db, "PRAGMA application_id", &app_id);
@@ -1911,6 +1932,24 @@ static bool keyword_valid(const char *k)
         return true;
 }
 
+/* The letter index of keyword, -ENOENT when it has none. */
+static int keyword_get(acs_store *s, const char *keyword, int *ret_index)
+{
+        _cleanup_q_ struct q q = { 0 };
+        int r = q_get(s, ST_KW_GET, &q);
+
+        if (r < 0)
+                return r;
+        sqlite3_bind_text(q.st, 1, keyword, -1, SQLITE_STATIC);
+        r = q_row(s, &q);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return -ENOENT;
+        *ret_index = sqlite3_column_int(q.st, 0);
+        return 0;
+}
+
 int acs_store_keyword_index(acs_store *s, const char *keyword, bool create, int *ret_index)
 {
         int idx = -1;
@@ -1919,27 +1958,18 @@ int acs_store_keyword_index(acs_store *s, const char *keyword, bool create, int 
 
         if (!keyword_valid(keyword))
                 return own_fail(s, -EINVAL, "invalid keyword");
-        {
-                _cleanup_q_ struct q q = { 0 };
-
-                r = q_get(s, ST_KW_GET, &q);
-                if (r < 0)
-                        return r;
-                sqlite3_bind_text(q.st, 1, keyword, -1, SQLITE_STATIC);
-                r = q_row(s, &q);
-                if (r < 0)
-                        return r;
-                if (r > 0) {
-                        *ret_index = sqlite3_column_int(q.st, 0);
-                        return 0;
-                }
+        r = keyword_get(s, keyword, &idx);
+        if (r != -ENOENT || !create) {
+                if (r >= 0)
+                        *ret_index = idx;
+                return r;
         }
-        if (!create)
-                return -ENOENT;
         r = w_begin(s, &own);
         if (r < 0)
                 return r;
-        {
+        /* Look again under the write lock: another writer may have added it meanwhile. */
+        r = keyword_get(s, keyword, &idx);
+        if (r == -ENOENT) {
                 _cleanup_q_ struct q q = { 0 };
 
                 r = q_get(s, ST_KW_NEXT, &q);
@@ -1951,17 +1981,16 @@ int acs_store_keyword_index(acs_store *s, const char *keyword, bool create, int 
                         idx = sqlite3_column_int(q.st, 0);
                         r = 0;
                 }
-        }
-        if (r >= 0 && idx >= 26)
-                r = own_fail(s, -ENOSPC, "all 26 keyword letters are in use");
-        if (r >= 0) {
-                _cleanup_q_ struct q q = { 0 };
-
-                r = q_get(s, ST_KW_INSERT, &q);
+                q_release(&q);
+                if (r >= 0 && idx >= 26)
+                        r = own_fail(s, -ENOSPC, "all 26 keyword letters are in use");
                 if (r >= 0) {
-                        sqlite3_bind_int(q.st, 1, idx);
-                        sqlite3_bind_text(q.st, 2, keyword, -1, SQLITE_STATIC);
-                        r = q_exec(s, &q);
+                        r = q_get(s, ST_KW_INSERT, &q);
+                        if (r >= 0) {
+                                sqlite3_bind_int(q.st, 1, idx);
+                                sqlite3_bind_text(q.st, 2, keyword, -1, SQLITE_STATIC);
+                                r = q_exec(s, &q);
+                        }
                 }
         }
         r = w_end(s, own, r);

@@ -7,6 +7,7 @@
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -330,6 +331,104 @@ TEST(mailboxes)
         s = open_new("m.db");
         CHECK(add_mailbox(s, "Newer", '/') > c);
         acs_store_close(s);
+        tmp_done();
+}
+
+/* Several processes creating the same cache at once: one creates, all use it. */
+TEST(concurrent_create)
+{
+        enum { N = 4 };
+        pid_t pids[N];
+        acs_store *s;
+        char names[256] = "";
+        int ready[2];
+
+        tmp_init();
+        if (pipe(ready) < 0)
+                exit(2);
+        for (int i = 0; i < N; i++) {
+                pids[i] = fork();
+                if (pids[i] == 0) {
+                        acs_store *c = NULL;
+                        char name[16], go;
+                        int r;
+
+                        close(ready[1]);
+                        if (read(ready[0], &go, 1) != 0) /* wait until the parent closes it */
+                                _exit(3);
+                        r = acs_store_open(tmp_path("cc.db"), ACS_STORE_CREATE, &c, NULL);
+                        if (r < 0)
+                                _exit(4);
+                        snprintf(name, sizeof(name), "child%d", i);
+                        acs_mailbox mb = { .name = name, .delim = '/' };
+                        r = acs_store_mailbox_put(c, &mb);
+                        acs_store_close(c);
+                        _exit(r < 0 ? 5 : 0);
+                }
+        }
+        close(ready[0]);
+        close(ready[1]);
+        for (int i = 0; i < N; i++) {
+                int status = -1;
+
+                waitpid(pids[i], &status, 0);
+                CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        }
+        s = open_new("cc.db");
+        CHECK_INT(acs_store_mailbox_foreach(s, collect_names, names), 0);
+        CHECK_STR(names, "child0;child1;child2;child3;");
+        acs_store_close(s);
+        {
+                DIR *d = opendir(tmpdir);
+                struct dirent *de;
+
+                while ((de = readdir(d)))
+                        CHECK(!strstr(de->d_name, ".new-"));
+                closedir(d);
+        }
+        tmp_done();
+}
+
+/*
+ * Opening a handle must not drop the POSIX locks other handles of this process hold on
+ * the file (any close() of the file does): otherwise another process closing its last
+ * handle believes it is the last user and deletes the WAL under us.
+ */
+TEST(open_keeps_other_handles_locks)
+{
+        acs_store *a, *b;
+        int status = -1;
+        char wal[600];
+
+        tmp_init();
+        a = open_new("lk.db");
+        add_mailbox(a, "INBOX", '/');
+        b = open_new("lk.db");
+        acs_store_close(b);
+        snprintf(wal, sizeof(wal), "%s-wal", tmp_path("lk.db"));
+        CHECK(access(wal, F_OK) == 0);
+        /* another process (a fresh one: SQLite state must not cross fork()) opens and
+         * closes the database; the sqlite3 shell is part of the test bed */
+        {
+                char cmd[800];
+
+                snprintf(cmd, sizeof(cmd), "sqlite3 '%s' 'SELECT count(*) FROM mailbox' >/dev/null",
+                         tmp_path("lk.db"));
+                status = system(cmd);
+                CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        }
+        /* the child was not the last user: the WAL is still there */
+        CHECK(access(wal, F_OK) == 0);
+        add_mailbox(a, "After", '/');
+        acs_store_close(a);
+        a = open_new("lk.db");
+        {
+                acs_mailbox mb = { 0 };
+
+                CHECK_INT(acs_store_mailbox_get(a, "After", &mb), 0);
+                acs_mailbox_clear(&mb);
+        }
+        acs_store_close(a);
         tmp_done();
 }
 
