@@ -1,0 +1,84 @@
+# SPDX-License-Identifier: MIT
+"""Checks that FUSE can be used here, and unmounts FUSE mounts robustly."""
+
+import os
+import shutil
+import subprocess
+
+
+class FuseUnavailable(RuntimeError):
+    """FUSE cannot be used on this machine; the test must fail, not skip."""
+
+
+def require_fuse():
+    """Raises FuseUnavailable unless /dev/fuse opens read-write and fusermount3 exists."""
+    try:
+        fd = os.open('/dev/fuse', os.O_RDWR)
+    except OSError as e:
+        raise FuseUnavailable(f'cannot open /dev/fuse read-write: {e} (load the fuse '
+                              'module, or give the container /dev/fuse and CAP_SYS_ADMIN)') from e
+    os.close(fd)
+    if shutil.which('fusermount3') is None:
+        raise FuseUnavailable('fusermount3 is not on PATH (Debian package fuse3)')
+
+
+def is_mounted(path):
+    """True if path is a mount point (per /proc/self/mountinfo)."""
+    real = os.path.realpath(path)
+    with open('/proc/self/mountinfo') as f:
+        for line in f:
+            mp = line.split()[4].encode().decode('unicode_escape')
+            if mp == real:
+                return True
+    return False
+
+
+def unmount(path):
+    """fusermount3 -u path; lazily (-uz) if busy; ignores "not mounted". Raises otherwise."""
+    if not is_mounted(path):
+        return
+    r = subprocess.run(['fusermount3', '-u', path], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if r.returncode == 0 or not is_mounted(path):
+        return
+    r = subprocess.run(['fusermount3', '-uz', path], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if r.returncode == 0 or not is_mounted(path):
+        return
+    if os.geteuid() == 0:
+        r = subprocess.run(['umount', '-l', path], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if r.returncode == 0 or not is_mounted(path):
+            return
+    raise RuntimeError(f'cannot unmount {path}: {r.stdout.decode(errors="replace")}')
+
+
+HELLO_TEXT = b'hello from acstest fuse\n'
+
+
+def selftest(workdir):
+    """Proves FUSE works end to end: builds fusehello.c with cc and pkg-config fuse3,
+    mounts it at workdir/mnt, reads workdir/mnt/hello, unmounts. Returns the bytes read
+    (HELLO_TEXT when FUSE works); raises FuseUnavailable with the reason otherwise."""
+    require_fuse()
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fusehello.c')
+    exe = os.path.join(workdir, 'fusehello')
+    mnt = os.path.join(workdir, 'mnt')
+    os.makedirs(mnt, exist_ok=True)
+    flags = subprocess.run(['pkg-config', '--cflags', '--libs', 'fuse3'], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    if flags.returncode != 0:
+        raise FuseUnavailable(f'pkg-config fuse3 failed: {flags.stderr}')
+    cc = subprocess.run(['cc', '-O1', '-o', exe, src, *flags.stdout.split()],
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if cc.returncode != 0:
+        raise FuseUnavailable(f'cannot build {src}: {cc.stdout}')
+    r = subprocess.run([exe, mnt], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=30)
+    if r.returncode != 0:
+        raise FuseUnavailable(f'mounting a FUSE filesystem failed: {r.stdout}')
+    try:
+        with open(os.path.join(mnt, 'hello'), 'rb') as f:
+            return f.read()
+    finally:
+        unmount(mnt)

@@ -1,0 +1,329 @@
+# SPDX-License-Identifier: MIT
+"""Self-tests of the acstest harness against the real parts: Dovecot, openssl, dbus, FUSE."""
+
+import imaplib
+import os
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from acstest import fusecheck, imapcheck, mutf7, paths, procs
+from acstest.corpus import BIG_SIZE, KINDS, Corpus
+from acstest.dbus import Bus
+from acstest.dovecot import Dovecot
+
+REQUIRED_CAPS = ('CONDSTORE', 'QRESYNC', 'IDLE', 'MOVE', 'UIDPLUS', 'SPECIAL-USE', 'NOTIFY',
+                 'LIST-STATUS')
+
+
+def _caps(client):
+    typ, data = client.capability()
+    assert typ == 'OK'
+    return set(data[0].decode().upper().split())
+
+
+def _compare(corpus, state, bodies=True):
+    """Asserts that the server state equals the corpus, message by message."""
+    expect = corpus.by_folder()
+    assert set(state) == set(expect), 'folders differ'
+    for folder, msgs in expect.items():
+        got = state[folder]
+        assert len(got) == len(msgs), f'{folder}: {len(got)} messages, expected {len(msgs)}'
+        for m, (uid, flags, idate, body) in zip(msgs, got):
+            assert uid == m.uid, f'{m}: uid {uid}'
+            assert flags == frozenset(m.flags), f'{m}: flags {sorted(flags)}'
+            assert idate == m.internaldate, f'{m}: internaldate {idate}'
+            if bodies:
+                assert body == m.data, f'{m}: body differs ({len(body)} bytes)'
+
+
+# -- Dovecot, TLS and logins -----------------------------------------------------------
+
+def test_dovecot_starts_fast(tmp_path):
+    t = time.monotonic()
+    dv = Dovecot(tmp_path / 'dv')
+    elapsed = time.monotonic() - t
+    try:
+        assert dv.running
+        assert paths.port_open(dv.imap_port) and paths.port_open(dv.imaps_port)
+        assert elapsed < 2.0, f'Dovecot took {elapsed:.2f}s to start'
+    finally:
+        dv.close()
+
+
+def test_tls_login_verifies_with_ca(dovecot):
+    c = dovecot.client('user1')
+    try:
+        assert c.state == 'AUTH'
+        cert = c.sock.getpeercert()
+        assert ('DNS', 'localhost') in cert['subjectAltName']
+    finally:
+        c.logout()
+
+
+def test_tls_fails_without_ca(dovecot):
+    ctx = ssl.create_default_context()  # system CAs only: our test CA is unknown
+    with pytest.raises(ssl.SSLCertVerificationError):
+        imaplib.IMAP4_SSL(dovecot.host, dovecot.imaps_port, ssl_context=ctx, timeout=10)
+
+
+def test_starttls_port(dovecot):
+    c = imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=10)
+    try:
+        assert 'STARTTLS' in c.capabilities
+        c.starttls(ssl_context=dovecot.ssl_context())
+        c.login('user1', 'pass1')
+        assert c.state == 'AUTH'
+        assert isinstance(c.sock, ssl.SSLSocket)
+    finally:
+        c.logout()
+    assert dovecot.url('starttls') == f'imap://localhost:{dovecot.imap_port}'
+    assert dovecot.url() == f'imaps://localhost:{dovecot.imaps_port}'
+
+
+def test_capabilities_after_login(dovecot):
+    c = dovecot.client('user1')
+    try:
+        caps = _caps(c)
+    finally:
+        c.logout()
+    missing = [x for x in REQUIRED_CAPS if x not in caps]
+    assert not missing, f'missing capabilities {missing} in {sorted(caps)}'
+
+
+def test_each_user_logs_in_and_wrong_password_fails(dovecot):
+    for user, password in dovecot.users.items():
+        c = dovecot.client(user)
+        c.logout()
+        with open(dovecot.password_file(user)) as f:
+            assert f.read() == password
+        assert os.stat(dovecot.password_file(user)).st_mode & 0o777 == 0o600
+    with pytest.raises(imaplib.IMAP4.error, match='AUTHENTICATIONFAILED|Authentication failed'):
+        dovecot.client('user1', password='wrong')
+    with pytest.raises(imaplib.IMAP4.error):
+        dovecot.client('user1', password='pass2')
+
+
+def test_special_use_folders(dovecot):
+    c = dovecot.client('user2')
+    try:
+        folders = imapcheck.list_folders(c)
+    finally:
+        c.logout()
+    for name in ('Drafts', 'Sent', 'Trash', 'Junk', 'Archive'):
+        assert '\\' + name.lower() in folders[name], folders
+
+
+def test_capability_override_removes_qresync(tmp_path):
+    caps = 'IMAP4rev1 LITERAL+ ENABLE IDLE UIDPLUS MOVE CONDSTORE SPECIAL-USE'
+    with Dovecot(tmp_path / 'dv', capabilities=caps) as dv:
+        c = dv.client('user1')
+        try:
+            got = _caps(c)
+        finally:
+            c.logout()
+        dv.close()
+    assert 'QRESYNC' not in got
+    assert {'IDLE', 'CONDSTORE', 'UIDPLUS'} <= got
+
+
+def test_restart_keeps_ports_and_data(dovecot):
+    ports = (dovecot.imap_port, dovecot.imaps_port)
+    c = dovecot.client('user3')
+    msg = b'From: a@example.org\r\nSubject: survives restart\r\n\r\nbody\r\n'
+    assert c.append('INBOX', r'(\Flagged)', None, msg)[0] == 'OK'
+    c.logout()
+    old = set(dovecot.pids())
+    dovecot.restart()
+    assert not [p for p in old if procs.alive(p)], 'old processes survived restart'
+    assert (dovecot.imap_port, dovecot.imaps_port) == ports
+    c = dovecot.client('user3')
+    try:
+        state = imapcheck.server_state(c)
+    finally:
+        c.logout()
+    assert [(u, f, b) for u, f, _, b in state['INBOX']] == [(1, frozenset({r'\Flagged'}), msg)]
+
+
+# -- corpus ----------------------------------------------------------------------------
+
+def test_corpus_is_deterministic_and_covers_kinds():
+    a, b, other = Corpus(7, 60), Corpus(7, 60), Corpus(8, 60)
+    assert [(m.folder, m.data, m.flags, m.internaldate, m.message_id) for m in a.messages] == \
+           [(m.folder, m.data, m.flags, m.internaldate, m.message_id) for m in b.messages]
+    assert [m.data for m in a.messages] != [m.data for m in other.messages]
+    assert {m.kind for m in a.messages} == set(KINDS)
+    for m in a.messages:
+        assert b'\n' not in m.data.replace(b'\r\n', b''), f'{m}: bare LF'
+    folders = a.folders()
+    for f in ('INBOX', 'Entwürfe', 'Archive/2024', 'A & B', 'Ünïcödé/日本',
+              'Work/Projects/Big Project'):
+        assert f in folders
+        assert any(m.folder == f for m in a.messages)
+    assert all('.' not in f for f in folders)
+    kw = {f for m in a.messages for f in m.flags if not f.startswith('\\')}
+    assert kw, 'no keywords in corpus'
+    empty = [m for m in a.messages if m.kind == 'empty_body']
+    assert empty and all(m.data.endswith(b'\r\n\r\n') for m in empty)
+    assert any(b'=?UTF-8?B?' in m.data for m in a.messages)
+    assert any(max(len(x) for x in m.data.split(b'\r\n')) > 998 for m in a.messages)
+    assert any(b'Content-Transfer-Encoding: base64' in m.data for m in a.messages)
+    assert any(b'Content-Transfer-Encoding: 8bit' in m.data and
+               any(c > 127 for c in m.data) for m in a.messages)
+
+
+def test_corpus_big_scale():
+    t = time.monotonic()
+    c = Corpus(1, 10000, avg_size=20000)
+    elapsed = time.monotonic() - t
+    assert len(c.messages) == 10000
+    assert c.total_bytes() >= 200_000_000, c.total_bytes()
+    assert len({m.folder for m in c.messages}) >= 10
+    assert elapsed < 20, f'generating 10,000 messages took {elapsed:.1f}s'
+    big = Corpus(1, 3, big=True)
+    assert len(big.messages) == 4 and len(big.messages[-1].data) >= BIG_SIZE
+
+
+def test_mutf7_and_maildir_names():
+    assert mutf7.encode('Entwürfe') == 'Entw&APw-rfe'
+    assert mutf7.encode('A & B') == 'A &- B'
+    assert mutf7.encode('~peter/mail/台北/日本語') == '~peter/mail/&U,BTFw-/&ZeVnLIqe-'
+    for s in ('Ünïcödé', '日本', '&&', 'x😀y', 'plain'):
+        assert mutf7.decode(mutf7.encode(s)) == s
+    assert mutf7.maildirpp_dir('Archive/2024') == '.Archive.2024'
+    assert mutf7.maildirpp_dir('INBOX') == ''
+    with pytest.raises(ValueError):
+        mutf7.maildirpp_dir('a.b')
+
+
+def test_seeded_corpus_equals_imap(dovecot):
+    corpus = Corpus(11, 300, big=True)
+    root = corpus.seed_maildir(dovecot, 'user1')
+    assert os.path.isdir(os.path.join(root, '.Entw&APw-rfe', 'cur'))
+    assert not any(',S=' in f for _, _, fs in os.walk(root) for f in fs)
+    c = dovecot.client('user1')
+    try:
+        state = imapcheck.server_state(c)
+        typ, raw = c.list('""', '*')
+    finally:
+        c.logout()
+    _compare(corpus, state)
+    assert any(len(b) >= BIG_SIZE for msgs in state.values() for _, _, _, b in msgs)
+    raw = b'\n'.join(x if isinstance(x, bytes) else x[0] for x in raw)
+    for folder in corpus.folders():
+        assert mutf7.imap_name(folder).encode() in raw, folder
+
+
+def test_seed_10k_corpus(dovecot):
+    corpus = Corpus(3, 10000, avg_size=20000)
+    t = time.monotonic()
+    corpus.seed_maildir(dovecot, 'user2')
+    seed_s = time.monotonic() - t
+    c = dovecot.client('user2')
+    try:
+        state = imapcheck.server_state(c, bodies=False)
+    finally:
+        c.logout()
+    _compare(corpus, state, bodies=False)
+    assert seed_s < 60, f'seeding took {seed_s:.1f}s'
+
+
+def test_append_equals_corpus(dovecot):
+    corpus = Corpus(12, 40)
+    c = dovecot.client('user2')
+    try:
+        assert corpus.append(c) == 40
+        state = imapcheck.server_state(c)
+    finally:
+        c.logout()
+    _compare(corpus, state)
+
+
+# -- PKI -------------------------------------------------------------------------------
+
+def _openssl_verify(ca, cert, host=None):
+    args = ['openssl', 'verify', '-CAfile', ca]
+    if host:
+        args += ['-verify_hostname', host]
+    r = subprocess.run(args + [cert], capture_output=True, text=True)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_pki_certificates_are_what_they_claim(pki):
+    good, _ = pki.server_cert('good')
+    expired, _ = pki.server_cert('old', expired=True)
+    selfs, _ = pki.self_signed('selfie', hosts=('localhost',))
+    wrong, _ = pki.server_cert('wrong', hosts=('wrong.example',))
+    rc, out = _openssl_verify(pki.ca_cert, good, 'localhost')
+    assert rc == 0, out
+    rc, out = _openssl_verify(pki.ca_cert, expired)
+    assert rc != 0 and 'certificate has expired' in out, out
+    rc, out = _openssl_verify(pki.ca_cert, selfs)
+    assert rc != 0 and 'self-signed certificate' in out, out
+    rc, out = _openssl_verify(pki.ca_cert, wrong, 'localhost')
+    assert rc != 0 and 'hostname mismatch' in out, out
+    rc, out = _openssl_verify(pki.ca_cert, wrong, 'wrong.example')
+    assert rc == 0, out
+
+
+@pytest.mark.parametrize('kind,reason', [('expired', 'certificate has expired'),
+                                         ('self_signed', 'self-signed certificate'),
+                                         ('wrong_host', "Hostname mismatch")])
+def test_dovecot_serves_bad_certificates(tmp_path, pki, kind, reason):
+    if kind == 'expired':
+        cert = pki.server_cert('old', expired=True)
+    elif kind == 'self_signed':
+        cert = pki.self_signed('selfie')
+    else:
+        cert = pki.server_cert('wrong', hosts=('wrong.example',))
+    with Dovecot(tmp_path / 'dv', cert=cert) as dv:
+        ctx = ssl.create_default_context(cafile=pki.ca_cert)
+        with pytest.raises(ssl.SSLCertVerificationError, match=reason):
+            imaplib.IMAP4_SSL('localhost', dv.imaps_port, ssl_context=ctx, timeout=10)
+        dv.close()
+
+
+# -- D-Bus, FUSE, cleanup --------------------------------------------------------------
+
+def test_private_dbus_answers_listnames(bus):
+    r = subprocess.run(['dbus-send', f'--bus={bus.address}', '--print-reply',
+                        '--dest=org.freedesktop.DBus', '/org/freedesktop/DBus',
+                        'org.freedesktop.DBus.ListNames'], capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode == 0, r.stderr
+    assert 'string "org.freedesktop.DBus"' in r.stdout
+    pid = bus.pid
+    bus.stop()
+    assert not procs.alive(pid)
+    assert not os.path.exists(bus.socket)
+
+
+def test_fuse_is_usable(harness_tmp):
+    fusecheck.require_fuse()
+    assert fusecheck.selftest(str(harness_tmp)) == fusecheck.HELLO_TEXT
+    assert not fusecheck.is_mounted(str(harness_tmp / 'mnt'))
+    fusecheck.unmount(str(harness_tmp / 'mnt'))  # not mounted: no error
+
+
+def test_nothing_left_after_stop(tmp_path, harness_tmp):
+    dv = Dovecot(tmp_path / 'dv')
+    bus = Bus(harness_tmp / 'bus')
+    c = dv.client('user1')  # makes imap and auth processes exist
+    pids = set(dv.pids()) | {bus.pid}
+    assert len(pids) >= 5, pids
+    c.logout()
+    dv.stop()
+    bus.stop()
+    assert not [p for p in pids if procs.alive(p)]
+    for port in (dv.imap_port, dv.imaps_port):
+        with pytest.raises(OSError):
+            socket.create_connection(('127.0.0.1', port), timeout=1).close()
+    dv.close()
+
+
+def test_binary_lookup_fails_clearly():
+    with pytest.raises(FileNotFoundError, match='not found in build directory'):
+        paths.binary('no-such-program-xyz')
