@@ -1416,6 +1416,125 @@ TEST(busy_writer)
         tmp_done();
 }
 
+/* ---- durability: count the syncs SQLite does, through a wrapping VFS ---- */
+
+struct cfile {
+        sqlite3_file base;
+        sqlite3_file *real;
+};
+
+static sqlite3_vfs *real_vfs;
+static int sync_count;
+
+#define REAL(f) (((struct cfile *)(f))->real)
+static int c_close(sqlite3_file *f)
+{
+        int rc = REAL(f)->pMethods ? REAL(f)->pMethods->xClose(REAL(f)) : SQLITE_OK;
+
+        sqlite3_free(REAL(f));
+        return rc;
+}
+static int c_read(sqlite3_file *f, void *b, int n, sqlite3_int64 o) { return REAL(f)->pMethods->xRead(REAL(f), b, n, o); }
+static int c_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o) { return REAL(f)->pMethods->xWrite(REAL(f), b, n, o); }
+static int c_truncate(sqlite3_file *f, sqlite3_int64 n) { return REAL(f)->pMethods->xTruncate(REAL(f), n); }
+static int c_sync(sqlite3_file *f, int flags) { sync_count++; return REAL(f)->pMethods->xSync(REAL(f), flags); }
+static int c_size(sqlite3_file *f, sqlite3_int64 *n) { return REAL(f)->pMethods->xFileSize(REAL(f), n); }
+static int c_lock(sqlite3_file *f, int l) { return REAL(f)->pMethods->xLock(REAL(f), l); }
+static int c_unlock(sqlite3_file *f, int l) { return REAL(f)->pMethods->xUnlock(REAL(f), l); }
+static int c_reserved(sqlite3_file *f, int *r) { return REAL(f)->pMethods->xCheckReservedLock(REAL(f), r); }
+static int c_fcntl(sqlite3_file *f, int op, void *a) { return REAL(f)->pMethods->xFileControl(REAL(f), op, a); }
+static int c_sector(sqlite3_file *f) { return REAL(f)->pMethods->xSectorSize(REAL(f)); }
+static int c_devchar(sqlite3_file *f) { return REAL(f)->pMethods->xDeviceCharacteristics(REAL(f)); }
+static int c_shmmap(sqlite3_file *f, int i, int sz, int ext, void volatile **p) { return REAL(f)->pMethods->xShmMap(REAL(f), i, sz, ext, p); }
+static int c_shmlock(sqlite3_file *f, int o, int n, int fl) { return REAL(f)->pMethods->xShmLock(REAL(f), o, n, fl); }
+static void c_shmbarrier(sqlite3_file *f) { REAL(f)->pMethods->xShmBarrier(REAL(f)); }
+static int c_shmunmap(sqlite3_file *f, int del) { return REAL(f)->pMethods->xShmUnmap(REAL(f), del); }
+static int c_fetch(sqlite3_file *f, sqlite3_int64 o, int n, void **p) { return REAL(f)->pMethods->xFetch(REAL(f), o, n, p); }
+static int c_unfetch(sqlite3_file *f, sqlite3_int64 o, void *p) { return REAL(f)->pMethods->xUnfetch(REAL(f), o, p); }
+
+static const sqlite3_io_methods c_methods = {
+        .iVersion = 3, .xClose = c_close, .xRead = c_read, .xWrite = c_write,
+        .xTruncate = c_truncate, .xSync = c_sync, .xFileSize = c_size, .xLock = c_lock,
+        .xUnlock = c_unlock, .xCheckReservedLock = c_reserved, .xFileControl = c_fcntl,
+        .xSectorSize = c_sector, .xDeviceCharacteristics = c_devchar, .xShmMap = c_shmmap,
+        .xShmLock = c_shmlock, .xShmBarrier = c_shmbarrier, .xShmUnmap = c_shmunmap,
+        .xFetch = c_fetch, .xUnfetch = c_unfetch,
+};
+
+static int c_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags, int *out)
+{
+        struct cfile *c = (struct cfile *)f;
+        int rc;
+
+        c->base.pMethods = NULL;
+        c->real = sqlite3_malloc(real_vfs->szOsFile);
+        if (!c->real)
+                return SQLITE_NOMEM;
+        memset(c->real, 0, real_vfs->szOsFile);
+        rc = real_vfs->xOpen(real_vfs, name, c->real, flags, out);
+        if (c->real->pMethods)
+                c->base.pMethods = &c_methods;
+        else
+                sqlite3_free(c->real);
+        return rc;
+}
+
+TEST(durable_commits_sync)
+{
+        static sqlite3_vfs counting;
+        acs_store *s;
+        int normal, durable;
+
+        tmp_init();
+        real_vfs = sqlite3_vfs_find(NULL);
+        counting = *real_vfs;
+        counting.zName = "acs-test-counting";
+        counting.szOsFile = (int)sizeof(struct cfile);
+        counting.xOpen = c_open;
+        counting.pAppData = NULL;
+        CHECK(sqlite3_vfs_register(&counting, 1) == SQLITE_OK);
+
+        s = open_new("d.db");
+        add_mailbox(s, "INBOX", '/');
+        sync_count = 0;
+        for (int i = 0; i < 20; i++) {
+                char k[16];
+
+                snprintf(k, sizeof(k), "n%d", i);
+                CHECK_INT(acs_store_begin(s, false), 0);
+                CHECK_INT(acs_store_meta_set(s, k, "v"), 0);
+                CHECK_INT(acs_store_commit(s), 0);
+        }
+        normal = sync_count;
+        sync_count = 0;
+        for (int i = 0; i < 20; i++) {
+                char k[16];
+
+                snprintf(k, sizeof(k), "d%d", i);
+                CHECK_INT(acs_store_begin(s, true), 0);
+                CHECK_INT(acs_store_meta_set(s, k, "v"), 0);
+                CHECK_INT(acs_store_commit(s), 0);
+        }
+        durable = sync_count;
+        /* and back to NORMAL after a durable commit */
+        sync_count = 0;
+        for (int i = 0; i < 20; i++) {
+                char k[16];
+
+                snprintf(k, sizeof(k), "m%d", i);
+                CHECK_INT(acs_store_meta_set(s, k, "v"), 0);
+        }
+        printf("# syncs for 20 commits: normal %d, durable %d, normal again %d\n", normal,
+               durable, sync_count);
+        CHECK(durable >= 20);
+        CHECK(normal < 5);
+        CHECK(sync_count < 5);
+        acs_store_close(s);
+        sqlite3_vfs_register(real_vfs, 1);
+        sqlite3_vfs_unregister(&counting);
+        tmp_done();
+}
+
 /* ---- bad database files ---- */
 
 static void make_real_db(const char *path, int rows)
