@@ -242,7 +242,8 @@ int main(int argc, char **argv)
                 ret = fuse_session_loop_mt(ctx.se, cfg);
                 fuse_loop_cfg_destroy(cfg);
         }
-        ret = ret != 0;
+        /* a positive value is the signal that ended the loop: a clean unmount */
+        ret = ret < 0 ? 1 : 0;
         acs_log(LOG_INFO, "unmounting %s", opts.mountpoint);
 
 out_watch:

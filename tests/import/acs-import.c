@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -109,14 +110,19 @@ static int cmp_str(const void *a, const void *b)
         return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Keywords of a parsed name as a space-separated list in byte order; *ret malloc'd. */
-static int keywords_string(uint32_t bits, char *const names[26], char **ret)
+/*
+ * Keywords of a parsed name as a space-separated list in byte order; *ret malloc'd.
+ * $Forwarded is the system flag P in the cache (store.h), so it sets *flags instead.
+ */
+static int keywords_string(uint32_t bits, char *const names[26], unsigned *flags, char **ret)
 {
         char *list[26];
         size_t n = 0, len = 1;
 
         for (int i = 0; i < 26; i++)
-                if ((bits & (UINT32_C(1) << i)) && names[i]) {
+                if ((bits & (UINT32_C(1) << i)) && names[i] && strcasecmp(names[i], "$Forwarded") == 0)
+                        *flags |= ACS_FLAG_PASSED;
+                else if ((bits & (UINT32_C(1) << i)) && names[i]) {
                         list[n++] = names[i];
                         len += strlen(names[i]) + 1;
                 }
@@ -160,7 +166,7 @@ static int import_message(importer *im, int64_t mailbox_id, const char *path, co
         r = txn_open(im);
         if (r < 0)
                 goto out;
-        r = keywords_string(mn.keywords, kwnames, &kw);
+        r = keywords_string(mn.keywords, kwnames, &mn.flags, &kw);
         if (r < 0)
                 goto out;
         /* every keyword gets a letter in the cache's own table */
@@ -275,7 +281,8 @@ static int import_folder(importer *im, const char *dir, const char *name, char d
                 }
                 closedir(d);
         }
-        qsort(v, n, sizeof(*v), cmp_entry);
+        if (n > 0)
+                qsort(v, n, sizeof(*v), cmp_entry);
         for (size_t i = 0; i < n; i++) {
                 _cleanup_free_ char *p = NULL;
                 if (!v[i].name || asprintf(&p, "%s/%s/%s", dir, v[i].in_new ? "new" : "cur", v[i].name) < 0) {

@@ -153,3 +153,102 @@ def test_server_flag_change_renames_the_file(live):
         print(f'flag change visible after {took:.3f} s')
     finally:
         c.logout()
+
+
+# ---- invalidation, driven by direct commits to the cache (no acs-syncd involved) ----
+
+@pytest.fixture
+def cache_mount():
+    """A cache filled once (acs-syncd --once) and mounted; the test then commits to it itself."""
+    e = Env()
+    e.base = traversable_dir('acs-fs-inval-')
+    e.dovecot = Dovecot(e.base / 'dovecot')
+    e.mount = None
+    try:
+        Corpus(7008, 40).seed_maildir(e.dovecot, USER)
+        e.db = e.base / 'cache.db'
+        fill_cache(e.dovecot, USER, e.db)
+        e.mount = Mount(e.db, e.base / 'mnt', extra=('--log-level', 'debug'))
+        e.root = Path(e.mount.mountpoint)
+        yield e
+    finally:
+        if e.mount:
+            e.mount.stop()
+        e.dovecot.stop()
+        shutil.rmtree(e.base, ignore_errors=True)
+
+
+def commit(db, *statements):
+    """One write transaction on the cache with the sqlite3 module (the store's SQL triggers
+    write the change journal and move mtimes, as for any writer; schema: docs/cache.md)."""
+    import sqlite3
+    con = sqlite3.connect(str(db), timeout=10, isolation_level=None)
+    try:
+        con.execute('BEGIN IMMEDIATE')
+        for st in statements:
+            con.execute(*st) if isinstance(st, tuple) else con.execute(st)
+        con.execute('COMMIT')
+    finally:
+        con.close()
+
+
+INVAL_WITHIN = 1.0
+
+
+def test_cache_commits_invalidate_exactly_what_changed(cache_mount):
+    e = cache_mount
+    inbox = folder_path(e.root, 'INBOX')
+    # fill the kernel's caches: names, attributes, listings
+    files = folder_files(inbox)
+    for p, _ in files.values():
+        p.stat()
+    cur_mtime = os.stat(inbox / 'cur').st_mtime_ns
+    root_nlink = os.stat(e.root).st_nlink
+    victim_name, (victim, sub) = sorted(files.items())[0]
+    victim_ino = victim.stat().st_ino
+    uniq = victim_name.split(',')[0]
+    body = victim.read_bytes()
+
+    # a flag change: the old name goes, the new one appears, same inode and contents
+    commit(e.db, ("UPDATE message SET flags = flags | 2 WHERE uniq = ?", (uniq,)))
+
+    def flagged():
+        now = [n for n in os.listdir(inbox / sub) if n.startswith(uniq + ',')]
+        return len(now) == 1 and 'F' in now[0].split(':2,')[1] and not victim.exists()
+    took = wait_for(flagged, 5, 0.005)
+    assert took is not None and took <= INVAL_WITHIN, f'flag change visible after {took} s'
+    new = next(inbox / sub / n for n in os.listdir(inbox / sub) if n.startswith(uniq + ','))
+    assert new.stat().st_ino == victim_ino
+    assert new.read_bytes() == body
+    assert os.stat(inbox / sub).st_mtime_ns > cur_mtime or sub == 'new'
+
+    # new/ -> cur/ (state change)
+    commit(e.db, ("UPDATE message SET state = 1 WHERE uniq = ?", (uniq,)))
+    took = wait_for(lambda: any(n.startswith(uniq + ',') for n in os.listdir(inbox / 'new'))
+                    and not any(n.startswith(uniq + ',') for n in os.listdir(inbox / 'cur')), 5, 0.005)
+    assert took is not None and took <= INVAL_WITHIN, f'move to new/ visible after {took} s'
+
+    # a removal: the file goes, the directory's mtime moves
+    before = os.stat(inbox / 'new').st_mtime_ns
+    commit(e.db, ("DELETE FROM message WHERE uniq = ?", (uniq,)))
+    took = wait_for(lambda: not any(n.startswith(uniq + ',') for n in os.listdir(inbox / 'new')), 5, 0.005)
+    assert took is not None and took <= INVAL_WITHIN, f'removal visible after {took} s'
+    assert os.stat(inbox / 'new').st_mtime_ns > before
+    assert len(folder_files(inbox)) == len(files) - 1
+
+    # a new mailbox, renamed, then removed
+    commit(e.db, "INSERT INTO mailbox (name, delim) VALUES ('Fresh', 46)")
+    took = wait_for(lambda: (e.root / 'Fresh' / 'cur').is_dir(), 5, 0.005)
+    assert took is not None and took <= INVAL_WITHIN, f'new mailbox visible after {took} s'
+    assert os.stat(e.root).st_nlink == root_nlink + 1
+    ino = os.stat(e.root / 'Fresh').st_ino
+    commit(e.db, "UPDATE mailbox SET name = 'Fresh.Sub' WHERE name = 'Fresh'")
+    took = wait_for(lambda: not (e.root / 'Fresh' / 'cur').exists() and (e.root / 'Fresh' / 'Sub' / 'cur').is_dir(),
+                    5, 0.005)
+    assert took is not None and took <= INVAL_WITHIN, f'rename visible after {took} s'
+    assert os.stat(e.root / 'Fresh' / 'Sub').st_ino == ino  # the mailbox keeps its inode
+    assert os.stat(e.root / 'Fresh').st_nlink == 3  # path-only directory with one child
+    commit(e.db, "DELETE FROM mailbox WHERE name = 'Fresh.Sub'")
+    took = wait_for(lambda: not (e.root / 'Fresh').exists(), 5, 0.005)
+    assert took is not None and took <= INVAL_WITHIN, f'mailbox removal visible after {took} s'
+    assert os.stat(e.root).st_nlink == root_nlink

@@ -363,7 +363,7 @@ def test_dovecot_over_the_tree_serves_the_same_mail(env):
             c = imaplib.IMAP4('127.0.0.1', port)
             c.login(USER, 'secret')
             for folder, msgs in env.state.items():
-                typ, data = c.examine('"' + mutf7.encode(folder) + '"')
+                typ, data = c.select('"' + mutf7.encode(folder) + '"', readonly=True)
                 assert typ == 'OK', f'{folder}: {data}'
                 assert int(data[0]) == len(msgs), f'{folder}: Dovecot over the tree counts {data[0]}'
                 want = sorted(body for _, _, _, body in msgs)
