@@ -3,6 +3,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <libetpan/libetpan.h>
 
 typedef struct acs_imap_target {
@@ -40,3 +41,35 @@ int acs_imap_login(mailimap *imap, const char *user, const char *password, char 
 
 /* Maps an error above to a sysexits.h status (EX_NOPERM, EX_TEMPFAIL, EX_PROTOCOL, ...). */
 int acs_imap_error_exit_status(int err);
+
+/*
+ * Added by the "tls" helper (new functions only; nothing above changed).
+ *
+ * Every session from acs_imap_connect reads through a guard that refuses a literal
+ * announced larger than max_literal (default 1 GiB, at most 0xFFFFFFFE) and a response
+ * line (literals excluded) longer than max_line (default 64 MiB, at least 1024). Once a
+ * bound is exceeded the stream fails for good: libetpan calls then return
+ * MAILIMAP_ERROR_STREAM. Two layers: a lexer over the received bytes (checks every
+ * announced size before libetpan allocates it) and a backstop in libetpan's progress
+ * callback (checks the size of every literal libetpan actually reads). The backstop is the
+ * session's old-style progress function, set by acs_imap_connect; when you switch libetpan
+ * to its context path with mailimap_set_progress_callback() (needed for
+ * mailimap_set_msg_att_handler), pass acs_imap_progress as body_progr_fun, else body
+ * literals lose the backstop (the lexer still applies).
+ * Returns -EINVAL if imap was not made by acs_imap_connect or the limits are out of range.
+ */
+int acs_imap_set_limits(mailimap *imap, uint64_t max_literal, uint64_t max_line);
+
+/*
+ * After a libetpan call failed with MAILIMAP_ERROR_STREAM: -EPROTO (and a malloc'd
+ * reason in *ret_error, if non-NULL) when the guard stopped the stream because the server
+ * exceeded a bound, else 0 (an ordinary network error).
+ */
+int acs_imap_stream_error(mailimap *imap, char **ret_error);
+
+/*
+ * A mailprogress_function for mailimap_set_progress_callback(imap, acs_imap_progress,
+ * acs_imap_progress, any context): feeds the guard's literal backstop (see above). It
+ * ignores its context.
+ */
+void acs_imap_progress(size_t current, size_t maximum, void *context);
