@@ -254,6 +254,7 @@ enum stmt_id {
         ST_BODY_SET_SHA,
         ST_BODY_DELETE,
         ST_BODY_SIZE,
+        ST_BODY_UNFINISHED,
         ST_KW_GET,
         ST_KW_NEXT,
         ST_KW_INSERT,
@@ -323,6 +324,7 @@ static const char *const stmt_sql[_ST_MAX] = {
         [ST_BODY_SET_SHA] = "UPDATE body SET sha256 = ?2 WHERE id = ?1",
         [ST_BODY_DELETE] = "DELETE FROM body WHERE id = ?1",
         [ST_BODY_SIZE] = "SELECT size FROM body WHERE id = ?1",
+        [ST_BODY_UNFINISHED] = "SELECT sha256 IS NULL FROM body WHERE id = ?1",
         [ST_KW_GET] = "SELECT idx FROM keyword WHERE name = ?1",
         [ST_KW_NEXT] = "SELECT coalesce(max(idx) + 1, 0) FROM keyword",
         [ST_KW_INSERT] = "INSERT INTO keyword (idx, name) VALUES (?1, ?2)",
@@ -904,7 +906,12 @@ static int store_open_db(const char *path, unsigned flags, bool creating, acs_st
                 }
                 free(mode);
         }
-        rc = sqlite3_exec(s->db, "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL",
+        /* journal_size_limit: after a checkpoint, a WAL grown past 64 MiB by a large
+         * transaction is truncated back instead of keeping its largest size forever. */
+        rc = sqlite3_exec(s->db,
+                          s->readonly ? "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL" :
+                                        "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;"
+                                        " PRAGMA journal_size_limit = 67108864",
                           NULL, NULL, NULL);
         if (rc != SQLITE_OK) {
                 set_error(ret_error, "%s: %s", path, sqlite3_errmsg(s->db));
@@ -1787,6 +1794,22 @@ int acs_store_body_write(acs_store *s, int64_t id, uint64_t offset, const void *
                 return own_fail(s, -EROFS, "the store was opened read-only");
         if (!s->in_tx)
                 return own_fail(s, -EINVAL, "body_write must run inside a transaction");
+        if (!s->blob || s->blob_id != id || !s->blob_rw) {
+                /* Once per stream: a finished body is immutable (copies share it). */
+                _cleanup_q_ struct q q = { 0 };
+
+                r = q_get(s, ST_BODY_UNFINISHED, &q);
+                if (r < 0)
+                        return r;
+                sqlite3_bind_int64(q.st, 1, id);
+                r = q_row(s, &q);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        return -ENOENT;
+                if (!sqlite3_column_int(q.st, 0))
+                        return own_fail(s, -EPERM, "body %" PRId64 " is finished and cannot change", id);
+        }
         r = blob_get(s, id, true);
         if (r < 0)
                 return r;

@@ -902,8 +902,14 @@ TEST(body_stream_5mb)
         CHECK_INT(acs_store_body_read(s, id2, 0, buf, 10, &n), -ENOENT);
         CHECK_INT(acs_store_commit(s), 0);
 
-        /* writes need a transaction */
+        /* writes need a transaction, an unfinished body, an existing one */
         CHECK_INT(acs_store_body_write(s, fin, 0, "x", 1), -EINVAL);
+        CHECK_INT(acs_store_begin(s, false), 0);
+        CHECK_INT(acs_store_body_write(s, fin, 0, "x", 1), -EPERM);
+        CHECK_INT(acs_store_body_write(s, 99999, 0, "x", 1), -ENOENT);
+        acs_store_rollback(s);
+        CHECK_INT(acs_store_body_read(s, fin, 0, buf, 4, &n), 0);
+        CHECK(memcmp(buf, data, 4) == 0);
 
         CHECK_INT(acs_store_message_delete(s, msg), 0);
         CHECK_INT(acs_store_body_size(s, fin, &sz), -ENOENT);
