@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* The acs.conf loader: one table row per key, parsed with libinih, strict errors "PATH:LINE: reason". */
+/* The acs.conf loader: a table of keys over libinih, with strict "PATH:LINE: reason" errors. */
 #include "acs/config.h"
 
 #include <ctype.h>
@@ -189,7 +189,8 @@ static int check_imap_url(const char *value, const char **reason)
                 while (isalnum((unsigned char)*p) || *p == '-' || *p == '.' || *p == '_')
                         p++;
                 if (p == host) {
-                        *reason = "expected a host name after the scheme, as in imaps://HOST[:PORT]";
+                        *reason = "expected a host name after the scheme, as in "
+                                  "imaps://HOST[:PORT]";
                         return -EINVAL;
                 }
         }
@@ -209,9 +210,11 @@ static int check_imap_url(const char *value, const char **reason)
                 p++;
         if (*p != '\0') {
                 if (strchr(value, '@'))
-                        *reason = "expected imaps://HOST[:PORT] without a user name (users come from the clients)";
+                        *reason = "expected imaps://HOST[:PORT] without a user name (users "
+                                  "come from the clients)";
                 else
-                        *reason = "expected imaps://HOST[:PORT] or imap://HOST[:PORT] (no path, no query)";
+                        *reason = "expected imaps://HOST[:PORT] or imap://HOST[:PORT] (no "
+                                  "path, no query)";
                 return -EINVAL;
         }
         return 0;
@@ -222,7 +225,8 @@ static int check_name(const char *value, const char **reason)
 {
         size_t n = strlen(value);
 
-        *reason = "expected a user or group name (letters, digits, '_', '.', '-', not starting with '-'; at most 32 characters)";
+        *reason = "expected a user or group name (letters, digits, '_', '.', '-', not starting "
+                  "with '-'; at most 32 characters)";
         if (n == 0 || n > 32 || value[0] == '-')
                 return -EINVAL;
         for (size_t i = 0; i < n; i++) {
@@ -311,7 +315,6 @@ struct parse_state {
         size_t pos;           /* start of the next line */
         unsigned line;        /* number of the line last handed to inih */
         bool indented;        /* that line began with blanks (which the reader removed) */
-        int max_line;         /* inih's buffer size, seen by the reader */
         acs_config cfg;       /* filled over the defaults */
         unsigned set_line[N_KEYS]; /* line where each key was set; 0 = default */
         char *error;          /* first error (lowest line), "NAME:LINE: reason" */
@@ -451,7 +454,8 @@ static void fail_unknown_key(struct parse_state *st, const char *section, const 
         const struct key *best = NULL;
         unsigned best_d = UINT_MAX;
         const char *home;
-        const char *cont = st->indented ? " (an indented line does not continue the previous value)" : "";
+        const char *cont = st->indented
+                ? " (an indented line does not continue the previous value)" : "";
 
         if (name[0] == '\0') {
                 fail(st, st->line, "syntax error: missing key name before '='");
@@ -575,8 +579,12 @@ static void set_value(struct parse_state *st, const struct key *k, const char *v
 
                 if (value[0] == '\0') {
                         if (!(k->flags & KEY_OPTIONAL)) {
+                                if (k->type == KEY_PATH)
+                                        reason = "expected an absolute path";
+                                else if (!k->check || k->check(value, &reason) >= 0)
+                                        reason = "expected a value";
                                 fail(st, st->line, "%s.%s: empty value; %s", k->section, k->name,
-                                     k->type == KEY_PATH ? "expected an absolute path" : k->help);
+                                     reason);
                                 return;
                         }
                 } else {
@@ -730,7 +738,6 @@ static char *reader(char *str, int num, void *stream)
         n = nl ? (size_t)(nl - start) : st->len - st->pos;
         st->pos += n + (nl != NULL);
         st->line++;
-        st->max_line = num;
 
         if (memchr(start, '\0', n)) {
                 fail(st, st->line, "NUL byte in the line");

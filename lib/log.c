@@ -51,7 +51,10 @@ static const char *const level_names[] = {
 
 static void atfork_prepare(void) { pthread_mutex_lock(&lock); }
 static void atfork_release(void) { pthread_mutex_unlock(&lock); }
-static void register_atfork(void) { pthread_atfork(atfork_prepare, atfork_release, atfork_release); }
+static void register_atfork(void)
+{
+        pthread_atfork(atfork_prepare, atfork_release, atfork_release);
+}
 
 static void copy_string(char *dst, size_t size, const char *src)
 {

@@ -150,7 +150,11 @@ static void want_timeout(acs_config *c) { c->session_idle_timeout = 604800; }
 static void want_owner(acs_config *c) { set_str(&c->tree_owner, "mail"); }
 static void want_ca_cleared(acs_config *c) { (void)c; }
 static void want_host_only(acs_config *c) { set_str(&c->imap_url, "imaps://mail-1.example.org"); }
-static void want_group_sep(acs_config *c) { set_str(&c->tree_group, "a"); set_str(&c->tree_owner, "b"); }
+static void want_group_sep(acs_config *c)
+{
+        set_str(&c->tree_group, "a");
+        set_str(&c->tree_owner, "b");
+}
 static void want_value_semicolon(acs_config *c)
 {
         c->bus_mode = ACS_BUS_ADDRESS;
@@ -283,7 +287,7 @@ static const struct bad_case bad_cases[] = {
         { "[imap]\nurl = imaps://host/INBOX\n", 2, "no path" },
         { "[imap]\nurl = imaps://me@host\n", 2, "without a user name" },
         { "[imap]\nurl = imaps://[zz]:1\n", 2, "imap.url: bad value" },
-        { "[imap]\nurl =\n", 2, "imap.url: empty value" },
+        { "[imap]\nurl =\n", 2, "imap.url: empty value; expected imaps://HOST[:PORT]" },
         { "[imap]\nurl = \"imaps://host\"\n", 2, "remove the quotes" },
         { "[imap]\nca = etc/ca.pem\n", 2, "imap.ca: bad value 'etc/ca.pem': expected an absolute path" },
         { "[cache]\ndir =\n", 2, "cache.dir: empty value; expected an absolute path" },
@@ -292,7 +296,7 @@ static const struct bad_case bad_cases[] = {
         { "[tree]\ngroup = -x\n", 2, "tree.group: bad value '-x'" },
         { "[tree]\ngroup = 123456789012345678901234567890123\n", 2, "at most 32 characters" },
         { "[agent]\nuser = a/b\n", 2, "agent.user: bad value 'a/b'" },
-        { "[agent]\nuser =\n", 2, "agent.user: empty value" },
+        { "[agent]\nuser =\n", 2, "agent.user: empty value; expected a user or group name" },
         { "[socket]\nallow_group = www data\n", 2, "socket.allow_group: bad value" },
         { "[bus]\nmode = address\naddress = /run/bus\n", 3, "expected a D-Bus address" },
         /* bools, numbers, modes, enums */

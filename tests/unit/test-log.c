@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Unit tests for lib/log.c: stderr format, level filtering, levels, journald selection and fields. */
+/* Unit tests for lib/log.c: stderr format, filtering, levels, journald choice and fields. */
 #include "test.h"
 
 #include <errno.h>
@@ -86,6 +86,38 @@ TEST(parse_level)
                 CHECK_INT(prio, 12345); /* untouched on failure */
         }
         CHECK_INT(acs_log_parse_level(NULL, &(int){ 0 }), -EINVAL);
+}
+
+/* Runs first (constructors run in file order): logging before acs_log_init(). */
+TEST(before_init)
+{
+        int p[2], status = 0;
+        char buf[512] = "", want[256];
+        ssize_t n, len = 0;
+        pid_t pid;
+
+        if (pipe(p) < 0)
+                abort();
+        fflush(stdout);
+        pid = fork();
+        if (pid == 0) {
+                dup2(p[1], STDERR_FILENO);
+                unsetenv("JOURNAL_STREAM");
+                acs_log(LOG_DEBUG, "hidden by the default level");
+                acs_log(LOG_INFO, "shown %s", "early");
+                _exit(0);
+        }
+        close(p[1]);
+        while ((n = read(p[0], buf + len, sizeof(buf) - 1 - (size_t)len)) > 0)
+                len += n;
+        buf[len] = '\0';
+        close(p[0]);
+        waitpid(pid, &status, 0);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        /* the ident defaults to the program's name */
+        snprintf(want, sizeof(want), "%s[%ld]: info: shown early\n", program_invocation_short_name,
+                 (long)pid);
+        CHECK_STR(buf, want);
 }
 
 /* ---- stderr format ---- */
@@ -348,7 +380,8 @@ static bool field_is(const struct entry *e, const char *name, const char *value)
 
 static int journal_child(void)
 {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX, .sun_path = "/run/systemd/journal/socket" };
+        struct sockaddr_un sa = { .sun_family = AF_UNIX,
+                                  .sun_path = "/run/systemd/journal/socket" };
         int failures = 0, fd, r;
         struct entry e;
         char *out;
