@@ -1,0 +1,415 @@
+/* SPDX-License-Identifier: MIT */
+/* acs-syncd standalone entry: options, credentials, the connect/sync/push loop and exit statuses. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sysexits.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "acs/log.h"
+#include "acs/store.h"
+#include "acs/util.h"
+#include "imapconn.h"
+#include "syncd.h"
+
+#define PASSWORD_MAX 4096
+#define BACKOFF_MAX_SEC 60
+
+volatile sig_atomic_t syncd_stop;
+static int wake_pipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+        int saved = errno;
+        syncd_stop = 1;
+        if (wake_pipe[1] >= 0)
+                (void)!write(wake_pipe[1], "x", 1);
+        errno = saved;
+}
+
+static void usage(FILE *f)
+{
+        fprintf(f,
+                "usage: acs-syncd --db PATH --url imaps://HOST[:PORT]|imap://HOST[:PORT] --user USER\n"
+                "                 (--password-file FILE | --password-fd N) [--ca FILE] [--once]\n"
+                "                 [--progress=json] [--insecure-plaintext] [--timeout SEC]\n"
+                "                 [--log-level debug|info|notice|warning|err] [--retries N]\n"
+                "Keeps the acs cache at PATH in step with the IMAP mailbox (read direction).\n"
+                "Exit statuses: 0 done/stopped, 64 usage, 66 no password file, 73 cannot create the cache,\n"
+                "74 cache I/O error, 75 temporary failure (network), 76 protocol error,\n"
+                "77 permission denied (login rejected, certificate not trusted), 70 internal error.\n");
+}
+
+/* Reads a password (first line, without its line end) into sodium-guarded memory. */
+static int read_password(int fd, char **ret)
+{
+        char *buf = sodium_malloc(PASSWORD_MAX + 1);
+        if (!buf)
+                return -ENOMEM;
+        size_t len = 0;
+        for (;;) {
+                if (len == PASSWORD_MAX) {
+                        sodium_free(buf);
+                        return -E2BIG;
+                }
+                ssize_t n = read(fd, buf + len, PASSWORD_MAX - len);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0) {
+                        int e = -errno;
+                        sodium_free(buf);
+                        return e;
+                }
+                if (n == 0)
+                        break;
+                len += (size_t)n;
+        }
+        buf[len] = 0;
+        char *nl = memchr(buf, '\n', len);
+        if (nl) {
+                *nl = 0;
+                len = (size_t)(nl - buf);
+        }
+        if (len && buf[len - 1] == '\r')
+                buf[--len] = 0;
+        if (len == 0) {
+                sodium_free(buf);
+                return -ENODATA;
+        }
+        *ret = buf;
+        return 0;
+}
+
+static void disconnect(syncd *sd, bool polite)
+{
+        if (!sd->imap)
+                return;
+        if (polite)
+                mailimap_logout(sd->imap);
+        mailimap_free(sd->imap);
+        sd->imap = NULL;
+        sd->selected = acs_free(sd->selected);
+        sd->qresync_enabled = false;
+}
+
+static void read_caps(syncd *sd)
+{
+        struct mailimap_capability_data *cd = NULL;
+        /* refresh: servers announce more after login */
+        if (mailimap_capability(sd->imap, &cd) == MAILIMAP_NO_ERROR && cd)
+                mailimap_capability_data_free(cd);
+        sd->caps = (syncd_caps){
+                .qresync = mailimap_has_extension(sd->imap, "QRESYNC"),
+                .condstore = mailimap_has_extension(sd->imap, "CONDSTORE") ||
+                             mailimap_has_extension(sd->imap, "QRESYNC"),
+                .notify = mailimap_has_extension(sd->imap, "NOTIFY"),
+                .idle = mailimap_has_extension(sd->imap, "IDLE"),
+                .special_use = mailimap_has_extension(sd->imap, "SPECIAL-USE"),
+                .enable = mailimap_has_extension(sd->imap, "ENABLE"),
+        };
+}
+
+static int enable_qresync(syncd *sd)
+{
+        if (!sd->caps.qresync || !sd->caps.enable)
+                return 0;
+        clist *l = clist_new();
+        if (!l)
+                return -ENOMEM;
+        char *name = strdup("QRESYNC");
+        struct mailimap_capability *cap = name ? mailimap_capability_new(MAILIMAP_CAPABILITY_NAME, NULL, name) : NULL;
+        if (!cap || clist_append(l, cap) < 0) {
+                if (cap)
+                        mailimap_capability_free(cap);
+                else
+                        free(name);
+                clist_free(l);
+                return -ENOMEM;
+        }
+        struct mailimap_capability_data *req = mailimap_capability_data_new(l);
+        struct mailimap_capability_data *res = NULL;
+        int r = mailimap_enable(sd->imap, req, &res);
+        mailimap_capability_data_free(req);
+        if (res)
+                mailimap_capability_data_free(res);
+        if (r != MAILIMAP_NO_ERROR)
+                return syncd_etpan_error(r);
+        sd->qresync_enabled = true;
+        return 0;
+}
+
+/* Connects and logs in. Returns 0 or -errno (classes as in imapconn.h). */
+static int connect_login(syncd *sd)
+{
+        const syncd_opts *o = sd->opts;
+        acs_imap_target t = {
+                .url = o->url,
+                .ca_file = o->ca_file,
+                .insecure_plaintext = o->insecure_plaintext,
+                .timeout_sec = o->timeout_sec,
+        };
+        _cleanup_free_ char *err = NULL;
+        mailimap *imap = NULL;
+        int r = acs_imap_connect(&t, &imap, &err);
+        if (r < 0) {
+                acs_log(LOG_ERR, "cannot connect to %s: %s", o->url, err ? err : strerror(-r));
+                return r;
+        }
+        err = acs_free(err);
+        r = acs_imap_login(imap, o->user, o->password, &err);
+        if (r < 0) {
+                acs_log(LOG_ERR, "login as %s at %s failed: %s", o->user, o->url, err ? err : strerror(-r));
+                mailimap_free(imap);
+                return r;
+        }
+        sd->imap = imap;
+        read_caps(sd);
+        r = enable_qresync(sd);
+        if (r < 0) {
+                acs_log(LOG_WARNING, "ENABLE QRESYNC failed; using CONDSTORE");
+                if (r == -ECONNRESET || r == -EPROTO)
+                        return r;
+        }
+        acs_log(LOG_INFO, "connected to %s as %s (%s%s%s%s)", o->url, o->user,
+                sd->qresync_enabled ? "QRESYNC " : "", sd->caps.condstore ? "CONDSTORE " : "",
+                sd->caps.notify ? "NOTIFY " : "", sd->caps.idle ? "IDLE" : "");
+        return 0;
+}
+
+static bool permanent_connect_error(int r)
+{
+        return r == -EKEYREJECTED || r == -EACCES || r == -EINVAL;
+}
+
+/* Sleeps up to sec seconds; returns early (true) when a stop was requested. */
+static bool sleep_or_stop(unsigned sec)
+{
+        struct pollfd p = {.fd = wake_pipe[0], .events = POLLIN};
+        int64_t end = (int64_t)time(NULL) + sec;
+        while (!syncd_stop) {
+                int64_t left = end - (int64_t)time(NULL);
+                if (left <= 0)
+                        return false;
+                (void)poll(&p, 1, (int)left * 1000);
+        }
+        return true;
+}
+
+static int run(syncd *sd)
+{
+        const syncd_opts *o = sd->opts;
+        unsigned attempt = 0, backoff = 1;
+        int last = 0;
+
+        while (!syncd_stop) {
+                int r = connect_login(sd);
+                if (r < 0) {
+                        if (permanent_connect_error(r) || (r == -EPROTO && attempt == 0))
+                                return acs_imap_error_exit_status(r);
+                        goto retry;
+                }
+                r = syncd_sync_list(sd);
+                if (r == 0)
+                        r = syncd_sync_all(sd, true);
+                if (r == 0 && sd->list_dirty) {
+                        r = syncd_sync_list(sd);
+                        if (r == 0)
+                                r = syncd_sync_all(sd, true);
+                }
+                if (r == 0) {
+                        attempt = 0;
+                        backoff = 1;
+                        progress_event("synced", NULL);
+                        if (o->once) {
+                                disconnect(sd, true);
+                                return EX_OK;
+                        }
+                        r = syncd_push_loop(sd);
+                        if (r == 0)
+                                break; /* stopped */
+                }
+                if (r == -EINTR || syncd_stop)
+                        break;
+                if (r == -EIO || r == -EBUSY || r == -EBADMSG || r == -ENOSPC) {
+                        acs_log(LOG_ERR, "cache error: %s (%s)", strerror(-r), acs_store_errmsg(sd->store));
+                        disconnect(sd, false);
+                        return EX_IOERR;
+                }
+                if (r == -ENOMEM) {
+                        disconnect(sd, false);
+                        return EX_SOFTWARE;
+                }
+                acs_log(LOG_WARNING, "connection reset: %s", strerror(-r));
+        retry:
+                last = r;
+                disconnect(sd, false);
+                attempt++;
+                if (o->once && attempt > o->retries) {
+                        acs_log(LOG_ERR, "giving up after %u attempts: %s", attempt, strerror(-last));
+                        return last == -EPROTO ? EX_PROTOCOL : EX_TEMPFAIL;
+                }
+                acs_log(LOG_NOTICE, "reconnecting in %u s", backoff);
+                progress_event("reconnect", NULL);
+                if (sleep_or_stop(backoff))
+                        break;
+                backoff = backoff * 2 > BACKOFF_MAX_SEC ? BACKOFF_MAX_SEC : backoff * 2;
+        }
+        /* Stopped by a signal: whatever was committed stays; an open batch was rolled back. */
+        disconnect(sd, false);
+        return EX_OK;
+}
+
+int main(int argc, char **argv)
+{
+        enum { OPT_DB = 256, OPT_URL, OPT_USER, OPT_PWFILE, OPT_PWFD, OPT_CA, OPT_ONCE, OPT_PROGRESS,
+               OPT_INSECURE, OPT_TIMEOUT, OPT_LOGLEVEL, OPT_RETRIES, OPT_HELP };
+        static const struct option longopts[] = {
+                {"db", required_argument, NULL, OPT_DB},
+                {"url", required_argument, NULL, OPT_URL},
+                {"user", required_argument, NULL, OPT_USER},
+                {"password-file", required_argument, NULL, OPT_PWFILE},
+                {"password-fd", required_argument, NULL, OPT_PWFD},
+                {"ca", required_argument, NULL, OPT_CA},
+                {"once", no_argument, NULL, OPT_ONCE},
+                {"progress", required_argument, NULL, OPT_PROGRESS},
+                {"insecure-plaintext", no_argument, NULL, OPT_INSECURE},
+                {"timeout", required_argument, NULL, OPT_TIMEOUT},
+                {"log-level", required_argument, NULL, OPT_LOGLEVEL},
+                {"retries", required_argument, NULL, OPT_RETRIES},
+                {"help", no_argument, NULL, OPT_HELP},
+                {0},
+        };
+        syncd_opts o = {.timeout_sec = 30, .retries = 5};
+        const char *pwfile = NULL;
+        int pwfd = -1;
+        int loglevel = LOG_NOTICE;
+        int c;
+
+        while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+                switch (c) {
+                case OPT_DB: o.db_path = optarg; break;
+                case OPT_URL: o.url = optarg; break;
+                case OPT_USER: o.user = optarg; break;
+                case OPT_PWFILE: pwfile = optarg; break;
+                case OPT_PWFD: {
+                        char *end;
+                        long v = strtol(optarg, &end, 10);
+                        if (*optarg == 0 || *end || v < 0 || v > 65535) {
+                                fprintf(stderr, "acs-syncd: --password-fd needs a file descriptor number\n");
+                                return EX_USAGE;
+                        }
+                        pwfd = (int)v;
+                        break;
+                }
+                case OPT_CA: o.ca_file = optarg; break;
+                case OPT_ONCE: o.once = true; break;
+                case OPT_PROGRESS:
+                        if (strcmp(optarg, "json") != 0) {
+                                fprintf(stderr, "acs-syncd: --progress takes 'json'\n");
+                                return EX_USAGE;
+                        }
+                        o.progress_json = true;
+                        break;
+                case OPT_INSECURE: o.insecure_plaintext = true; break;
+                case OPT_TIMEOUT: {
+                        char *end;
+                        long v = strtol(optarg, &end, 10);
+                        if (*optarg == 0 || *end || v < 1 || v > 3600) {
+                                fprintf(stderr, "acs-syncd: --timeout takes 1..3600 seconds\n");
+                                return EX_USAGE;
+                        }
+                        o.timeout_sec = (unsigned)v;
+                        break;
+                }
+                case OPT_RETRIES: {
+                        char *end;
+                        long v = strtol(optarg, &end, 10);
+                        if (*optarg == 0 || *end || v < 0 || v > 1000) {
+                                fprintf(stderr, "acs-syncd: --retries takes 0..1000\n");
+                                return EX_USAGE;
+                        }
+                        o.retries = (unsigned)v;
+                        break;
+                }
+                case OPT_LOGLEVEL:
+                        if (acs_log_parse_level(optarg, &loglevel) < 0) {
+                                fprintf(stderr, "acs-syncd: unknown log level '%s'\n", optarg);
+                                return EX_USAGE;
+                        }
+                        break;
+                case OPT_HELP: usage(stdout); return EX_OK;
+                default: usage(stderr); return EX_USAGE;
+                }
+        }
+        if (optind != argc || !o.db_path || !o.url || !o.user || (!pwfile == (pwfd < 0))) {
+                fprintf(stderr, "acs-syncd: --db, --url, --user and exactly one of --password-file or "
+                                "--password-fd are required\n");
+                usage(stderr);
+                return EX_USAGE;
+        }
+        if (strncmp(o.url, "imaps://", 8) != 0 && strncmp(o.url, "imap://", 7) != 0) {
+                fprintf(stderr, "acs-syncd: --url must start with imaps:// or imap://\n");
+                return EX_USAGE;
+        }
+        if (o.insecure_plaintext && strncmp(o.url, "imap://", 7) != 0) {
+                fprintf(stderr, "acs-syncd: --insecure-plaintext only goes with imap://\n");
+                return EX_USAGE;
+        }
+
+        acs_log_init("acs-syncd", ACS_LOG_AUTO, loglevel);
+        acs_log_set_user(o.user);
+        if (sodium_init() < 0)
+                acs_die(EX_SOFTWARE, "libsodium failed to initialise");
+
+        int r;
+        if (pwfile) {
+                _cleanup_close_ int fd = open(pwfile, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+                if (fd < 0) {
+                        acs_log(LOG_ERR, "cannot open password file %s: %m", pwfile);
+                        return errno == EACCES ? EX_NOPERM : EX_NOINPUT;
+                }
+                r = read_password(fd, &o.password);
+        } else {
+                r = read_password(pwfd, &o.password);
+                close(pwfd);
+        }
+        if (r < 0) {
+                acs_log(LOG_ERR, "cannot read the password: %s", r == -ENODATA ? "empty" : strerror(-r));
+                return r == -EBADF ? EX_USAGE : EX_NOINPUT;
+        }
+
+        if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+                acs_die(EX_OSERR, "pipe: %m");
+        struct sigaction sa = {.sa_handler = on_signal}; /* no SA_RESTART: blocking reads return */
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
+        signal(SIGPIPE, SIG_IGN);
+
+        _cleanup_free_ char *oerr = NULL;
+        acs_store *store = NULL;
+        r = acs_store_open(o.db_path, ACS_STORE_CREATE, &store, &oerr);
+        if (r < 0) {
+                acs_log(LOG_ERR, "cannot open the cache: %s", oerr ? oerr : strerror(-r));
+                sodium_free(o.password);
+                return r == -EACCES ? EX_NOPERM : r == -ENOENT ? EX_CANTCREAT : EX_IOERR;
+        }
+
+        progress_init(o.progress_json);
+        syncd sd = {.opts = &o, .store = store, .wake_fd = wake_pipe[0]};
+        int status = run(&sd);
+        if (syncd_stop)
+                acs_log(LOG_NOTICE, "stopped by signal");
+        progress_finish();
+        acs_store_close(store);
+        sodium_free(o.password);
+        return status;
+}

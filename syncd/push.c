@@ -1,0 +1,155 @@
+/* SPDX-License-Identifier: MIT */
+/* acs-syncd push: NOTIFY (every mailbox) or IDLE, waking up to apply server changes at once. */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "acs/log.h"
+#include "acs/util.h"
+#include "syncd.h"
+
+/* Re-IDLE well before the 30-minute inactivity limit of RFC 3501. */
+#define IDLE_RENEW_SEC (25 * 60)
+/* Without NOTIFY only the selected mailbox pushes; the others are checked this often. */
+#define POLL_OTHERS_SEC 30
+
+/* Sends "<tag> <command>" and reads the tagged answer; -EREMOTEIO when it is not OK. */
+static int raw_command(syncd *sd, const char *command)
+{
+        mailimap *imap = sd->imap;
+        int r = mailimap_send_current_tag(imap);
+        if (r != MAILIMAP_NO_ERROR)
+                return syncd_etpan_error(r);
+        if (mailstream_write(imap->imap_stream, command, strlen(command)) < 0 ||
+            mailstream_write(imap->imap_stream, "\r\n", 2) < 0)
+                return -ECONNRESET;
+        if (mailstream_flush(imap->imap_stream) == -1)
+                return -ECONNRESET;
+        if (!mailimap_read_line(imap))
+                return -ECONNRESET;
+        struct mailimap_response *resp = NULL;
+        r = mailimap_parse_response(imap, &resp);
+        if (r != MAILIMAP_NO_ERROR)
+                return syncd_etpan_error(r);
+        int type = resp->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state->rsp_type;
+        mailimap_response_free(resp);
+        return type == MAILIMAP_RESP_COND_STATE_OK ? 0 : -EREMOTEIO;
+}
+
+static int ensure_selected(syncd *sd)
+{
+        if (sd->selected)
+                return 0;
+        int r = mailimap_select(sd->imap, "INBOX");
+        if (r != MAILIMAP_NO_ERROR)
+                return syncd_etpan_error(r);
+        sd->selected = strdup("INBOX");
+        return sd->selected ? 0 : -ENOMEM;
+}
+
+static int64_t mono_sec(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec;
+}
+
+int syncd_push_loop(syncd *sd)
+{
+        bool notify = false;
+        int r;
+
+        r = ensure_selected(sd);
+        if (r < 0)
+                return r;
+        if (sd->caps.notify) {
+                r = raw_command(sd, "NOTIFY SET (selected (MessageNew MessageExpunge FlagChange)) "
+                                    "(personal (MessageNew MessageExpunge FlagChange MailboxName "
+                                    "SubscriptionChange))");
+                if (r == 0)
+                        notify = true;
+                else if (r == -EREMOTEIO)
+                        acs_log(LOG_WARNING, "NOTIFY refused; pushing the selected mailbox only");
+                else
+                        return r;
+        }
+        if (!sd->caps.idle && !notify)
+                acs_log(LOG_WARNING, "server has neither IDLE nor NOTIFY; polling every %d s", POLL_OTHERS_SEC);
+
+        int64_t last_full = mono_sec();
+        while (!syncd_stop) {
+                bool idling = false;
+                if (sd->caps.idle) {
+                        r = mailimap_idle(sd->imap);
+                        if (r != MAILIMAP_NO_ERROR)
+                                return syncd_etpan_error(r);
+                        idling = true;
+                }
+                int timeout = notify ? IDLE_RENEW_SEC : POLL_OTHERS_SEC;
+                int64_t start = mono_sec();
+                bool ready = sd->imap->imap_stream->read_buffer_len > 0;
+                while (!ready && !syncd_stop) {
+                        int64_t left = timeout - (mono_sec() - start);
+                        if (left <= 0)
+                                break;
+                        struct pollfd p[2] = {
+                                {.fd = mailimap_idle_get_fd(sd->imap), .events = POLLIN},
+                                {.fd = sd->wake_fd, .events = POLLIN},
+                        };
+                        int n = poll(p, 2, (int)(left * 1000));
+                        if (n < 0 && errno != EINTR)
+                                return -errno;
+                        if (n > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR)))
+                                ready = true;
+                }
+                if (idling) {
+                        r = mailimap_idle_done(sd->imap);
+                        if (r != MAILIMAP_NO_ERROR)
+                                return syncd_etpan_error(r);
+                }
+                if (syncd_stop)
+                        break;
+                struct mailimap_response_info *ri = sd->imap->imap_response_info;
+                if (ri && ri->rsp_mailbox_list && clist_count(ri->rsp_mailbox_list) > 0)
+                        sd->list_dirty = true;
+                if (!ready && notify) {
+                        /* renewal only: nothing happened */
+                        continue;
+                }
+                if (ready)
+                        progress_event("wakeup", NULL);
+                if (sd->list_dirty) {
+                        r = syncd_sync_list(sd);
+                        if (r < 0)
+                                return r;
+                }
+                /* The selected mailbox first (its events need no STATUS to be known). */
+                if (sd->selected && ready) {
+                        _cleanup_free_ char *sel = strdup(sd->selected);
+                        if (!sel)
+                                return -ENOMEM;
+                        r = syncd_sync_mailbox(sd, sel);
+                        if (r < 0 && r != -ENOENT && r != -EREMOTEIO)
+                                return r;
+                }
+                if (notify || !ready || mono_sec() - last_full >= POLL_OTHERS_SEC) {
+                        r = syncd_sync_all(sd, true);
+                        if (r < 0)
+                                return r;
+                        last_full = mono_sec();
+                }
+                if (sd->list_dirty) {
+                        r = syncd_sync_list(sd);
+                        if (r < 0)
+                                return r;
+                }
+                r = ensure_selected(sd);
+                if (r < 0)
+                        return r;
+                progress_event("synced", NULL);
+        }
+        return 0;
+}

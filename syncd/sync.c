@@ -1,0 +1,1590 @@
+/* SPDX-License-Identifier: MIT */
+/* acs-syncd's read direction: mailbox list, full and incremental sync of each mailbox into the store. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "acs/log.h"
+#include "acs/maildir.h"
+#include "acs/mboxname.h"
+#include "acs/store.h"
+#include "acs/util.h"
+#include "syncd.h"
+
+/* First batches are small so the newest mail shows up at once; later ones grow to these. */
+#define BATCH_FIRST_MSGS 25
+#define BATCH_MAX_MSGS 2000
+#define BATCH_MAX_BYTES (8u << 20)
+/* Bodies above this go to the store in pieces (no second copy inside SQLite). */
+#define BODY_STREAM_MIN (1u << 20)
+#define BODY_PIECE (256u << 10)
+/* Largest message we accept; matches what the connection layer bounds. */
+#define BODY_MAX ((size_t)1 << 30)
+
+int syncd_etpan_error(int r)
+{
+        switch (r) {
+        case MAILIMAP_NO_ERROR:
+        case MAILIMAP_NO_ERROR_AUTHENTICATED:
+        case MAILIMAP_NO_ERROR_NON_AUTHENTICATED:
+                return 0;
+        case MAILIMAP_ERROR_STREAM:
+        case MAILIMAP_ERROR_CONNECTION_REFUSED:
+                return -ECONNRESET;
+        case MAILIMAP_ERROR_PARSE:
+                return -EPROTO;
+        case MAILIMAP_ERROR_MEMORY:
+                return -ENOMEM;
+        case MAILIMAP_ERROR_BAD_STATE:
+                return -EPROTO;
+        case MAILIMAP_ERROR_FATAL:
+                return -ECONNRESET;
+        default:
+                return -EREMOTEIO;
+        }
+}
+
+/* ---- small helpers ---- */
+
+/* One message as the server describes it (no body). */
+typedef struct srvmsg {
+        uint32_t uid;
+        uint32_t size;        /* RFC822.SIZE */
+        unsigned flags;       /* enum acs_flag */
+        bool have_flags;
+        uint64_t modseq;
+        char *keywords;       /* malloc'd, sorted, space-separated; NULL = not fetched */
+        int64_t internaldate;
+} srvmsg;
+
+typedef struct srvlist {
+        srvmsg *v;
+        size_t n, cap;
+} srvlist;
+
+static void srvlist_free(srvlist *l)
+{
+        for (size_t i = 0; i < l->n; i++)
+                free(l->v[i].keywords);
+        free(l->v);
+        *l = (srvlist){0};
+}
+
+static int srvlist_push(srvlist *l, const srvmsg *m)
+{
+        if (l->n == l->cap) {
+                size_t cap = l->cap ? l->cap * 2 : 256;
+                srvmsg *v = realloc(l->v, cap * sizeof(*v));
+                if (!v)
+                        return -ENOMEM;
+                l->v = v;
+                l->cap = cap;
+        }
+        l->v[l->n++] = *m;
+        return 0;
+}
+
+static int cmp_uid_asc(const void *a, const void *b)
+{
+        uint32_t x = ((const srvmsg *)a)->uid, y = ((const srvmsg *)b)->uid;
+        return x < y ? -1 : x > y;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+        return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Flags of a FETCH response to our bits and a sorted keyword string (malloc'd). */
+static int parse_flags(struct mailimap_msg_att_dynamic *dyn, unsigned *ret_flags, char **ret_kw)
+{
+        unsigned flags = 0;
+        const char *kw[256];
+        size_t nkw = 0;
+        size_t kwlen = 0;
+
+        if (dyn && dyn->att_list) {
+                for (clistiter *it = clist_begin(dyn->att_list); it; it = clist_next(it)) {
+                        struct mailimap_flag_fetch *ff = clist_content(it);
+                        if (ff->fl_type != MAILIMAP_FLAG_FETCH_OTHER || !ff->fl_flag)
+                                continue;
+                        struct mailimap_flag *f = ff->fl_flag;
+                        switch (f->fl_type) {
+                        case MAILIMAP_FLAG_ANSWERED: flags |= ACS_FLAG_REPLIED; break;
+                        case MAILIMAP_FLAG_FLAGGED: flags |= ACS_FLAG_FLAGGED; break;
+                        case MAILIMAP_FLAG_DELETED: flags |= ACS_FLAG_TRASHED; break;
+                        case MAILIMAP_FLAG_SEEN: flags |= ACS_FLAG_SEEN; break;
+                        case MAILIMAP_FLAG_DRAFT: flags |= ACS_FLAG_DRAFT; break;
+                        case MAILIMAP_FLAG_KEYWORD:
+                                if (!f->fl_data.fl_keyword || !*f->fl_data.fl_keyword)
+                                        break;
+                                if (strcasecmp(f->fl_data.fl_keyword, "$Forwarded") == 0) {
+                                        flags |= ACS_FLAG_PASSED;
+                                        break;
+                                }
+                                if (nkw < ACS_ARRAY_SIZE(kw)) {
+                                        kw[nkw++] = f->fl_data.fl_keyword;
+                                        kwlen += strlen(f->fl_data.fl_keyword) + 1;
+                                }
+                                break;
+                        default: /* \Recent and unknown \Extensions are not stored */
+                                break;
+                        }
+                }
+        }
+        qsort(kw, nkw, sizeof(kw[0]), cmp_str);
+        char *s = malloc(kwlen + 1);
+        if (!s)
+                return -ENOMEM;
+        char *p = s;
+        for (size_t i = 0; i < nkw; i++) {
+                if (i > 0 && strcmp(kw[i], kw[i - 1]) == 0)
+                        continue;
+                if (p != s)
+                        *p++ = ' ';
+                size_t l = strlen(kw[i]);
+                memcpy(p, kw[i], l);
+                p += l;
+        }
+        *p = 0;
+        *ret_flags = flags;
+        *ret_kw = s;
+        return 0;
+}
+
+static int64_t date_to_epoch(const struct mailimap_date_time *d)
+{
+        struct tm tm = {
+                .tm_year = d->dt_year - 1900,
+                .tm_mon = d->dt_month - 1,
+                .tm_mday = d->dt_day,
+                .tm_hour = d->dt_hour,
+                .tm_min = d->dt_min,
+                .tm_sec = d->dt_sec,
+        };
+        int64_t t = (int64_t)timegm(&tm);
+        int z = d->dt_zone;
+        int sign = z < 0 ? -1 : 1;
+        z = abs(z);
+        t -= (int64_t)sign * ((z / 100) * 3600 + (z % 100) * 60);
+        return t;
+}
+
+static struct mailimap_set *set_from_uids(const uint32_t *uids, size_t n)
+{
+        struct mailimap_set *set = mailimap_set_new_empty();
+        if (!set)
+                return NULL;
+        /* uids may come in any order; emit maximal runs of consecutive values. */
+        size_t i = 0;
+        while (i < n) {
+                uint32_t first = uids[i], last = uids[i];
+                size_t j = i + 1;
+                while (j < n && uids[j] == last + 1)
+                        last = uids[j++];
+                while (j < n && last > 0 && uids[j] == first - 1 && first > 1)
+                        first = uids[j++];
+                if (mailimap_set_add_interval(set, first, last) != MAILIMAP_NO_ERROR) {
+                        mailimap_set_free(set);
+                        return NULL;
+                }
+                i = j;
+        }
+        return set;
+}
+
+/* Extracts UID/FLAGS/SIZE/INTERNALDATE/MODSEQ of one FETCH response. */
+static int srvmsg_from_att(struct mailimap_msg_att *att, srvmsg *ret)
+{
+        srvmsg m = {0};
+        for (clistiter *it = clist_begin(att->att_list); it; it = clist_next(it)) {
+                struct mailimap_msg_att_item *item = clist_content(it);
+                if (item->att_type == MAILIMAP_MSG_ATT_ITEM_DYNAMIC) {
+                        free(m.keywords);
+                        m.keywords = NULL;
+                        int r = parse_flags(item->att_data.att_dyn, &m.flags, &m.keywords);
+                        if (r < 0)
+                                return r;
+                        m.have_flags = true;
+                } else if (item->att_type == MAILIMAP_MSG_ATT_ITEM_STATIC) {
+                        struct mailimap_msg_att_static *st = item->att_data.att_static;
+                        switch (st->att_type) {
+                        case MAILIMAP_MSG_ATT_UID: m.uid = st->att_data.att_uid; break;
+                        case MAILIMAP_MSG_ATT_RFC822_SIZE: m.size = st->att_data.att_rfc822_size; break;
+                        case MAILIMAP_MSG_ATT_INTERNALDATE:
+                                if (st->att_data.att_internal_date)
+                                        m.internaldate = date_to_epoch(st->att_data.att_internal_date);
+                                break;
+                        default: break;
+                        }
+                } else if (item->att_type == MAILIMAP_MSG_ATT_ITEM_EXTENSION) {
+                        struct mailimap_extension_data *ext = item->att_data.att_extension_data;
+                        if (ext && ext->ext_extension == &mailimap_extension_condstore &&
+                            ext->ext_type == MAILIMAP_CONDSTORE_TYPE_FETCH_DATA) {
+                                struct mailimap_condstore_fetch_mod_resp *mr = ext->ext_data;
+                                m.modseq = mr->cs_modseq_value;
+                        }
+                }
+        }
+        *ret = m;
+        return 0;
+}
+
+static struct mailimap_fetch_type *fetch_type(bool flags, bool size, bool date, bool modseq,
+                                              bool body)
+{
+        struct mailimap_fetch_type *ft = mailimap_fetch_type_new_fetch_att_list_empty();
+        if (!ft)
+                return NULL;
+        bool ok = mailimap_fetch_type_new_fetch_att_list_add(ft, mailimap_fetch_att_new_uid()) == 0;
+        if (ok && flags)
+                ok = mailimap_fetch_type_new_fetch_att_list_add(ft, mailimap_fetch_att_new_flags()) == 0;
+        if (ok && size)
+                ok = mailimap_fetch_type_new_fetch_att_list_add(ft, mailimap_fetch_att_new_rfc822_size()) == 0;
+        if (ok && date)
+                ok = mailimap_fetch_type_new_fetch_att_list_add(ft, mailimap_fetch_att_new_internaldate()) == 0;
+        if (ok && modseq)
+                ok = mailimap_fetch_type_new_fetch_att_list_add(ft, mailimap_fetch_att_new_modseq()) == 0;
+        if (ok && body)
+                ok = mailimap_fetch_type_new_fetch_att_list_add(
+                             ft, mailimap_fetch_att_new_body_peek_section(mailimap_section_new(NULL))) == 0;
+        if (!ok) {
+                mailimap_fetch_type_free(ft);
+                return NULL;
+        }
+        return ft;
+}
+
+/* ---- streaming FETCH: responses are handed to us one by one, bodies piece by piece ---- */
+
+typedef struct fetchctx {
+        syncd *sd;
+        int64_t mailbox_id;
+        const char *mbname;     /* UTF-8, for logs */
+        bool store_bodies;      /* else: collect srvmsg into list */
+        srvlist *list;
+        uint32_t min_uid;       /* ignore responses below (for "N:*" quirks) */
+        /* the body being received */
+        char *body;
+        size_t body_len, body_cap;
+        bool body_too_big;
+        int error;              /* first error inside a callback */
+        uint64_t stored_msgs, stored_bytes;
+} fetchctx;
+
+static bool on_body(int msg_att_type, struct mailimap_msg_att_body_section *section,
+                    const char *bytes, size_t length, void *userdata)
+{
+        fetchctx *fc = userdata;
+        if (fc->body_too_big)
+                return true;
+        if (fc->body_len + length > BODY_MAX) {
+                fc->body_too_big = true;
+                return true;
+        }
+        if (fc->body_len + length > fc->body_cap) {
+                size_t cap = fc->body_cap ? fc->body_cap : 64 * 1024;
+                while (cap < fc->body_len + length)
+                        cap *= 2;
+                /* realloc of large blocks is mremap: no second copy. */
+                char *b = realloc(fc->body, cap);
+                if (!b) {
+                        fc->error = -ENOMEM;
+                        return false;
+                }
+                fc->body = b;
+                fc->body_cap = cap;
+        }
+        memcpy(fc->body + fc->body_len, bytes, length);
+        fc->body_len += length;
+        return true;
+}
+
+static void body_reset(fetchctx *fc)
+{
+        fc->body_len = 0;
+        fc->body_too_big = false;
+        /* keep up to 4 MB around; give back what a big message took */
+        if (fc->body_cap > (4u << 20)) {
+                fc->body = acs_free(fc->body);
+                fc->body_cap = 0;
+        }
+}
+
+static void note_keywords(acs_store *st, const char *kw)
+{
+        /* Give every keyword a Maildir letter (a..z) so the tree can show it. */
+        const char *p = kw;
+        while (p && *p) {
+                const char *e = strchr(p, ' ');
+                size_t l = e ? (size_t)(e - p) : strlen(p);
+                char buf[256];
+                if (l < sizeof(buf)) {
+                        int idx;
+                        memcpy(buf, p, l);
+                        buf[l] = 0;
+                        (void)acs_store_keyword_index(st, buf, true, &idx); /* -ENOSPC past 26: no letter */
+                }
+                p = e ? e + 1 : NULL;
+        }
+}
+
+static int store_body(acs_store *st, char *data, size_t len, int64_t *ret_id)
+{
+        if (len < BODY_STREAM_MIN)
+                return acs_store_body_put(st, data, len, ret_id);
+        int64_t id;
+        int r = acs_store_body_create(st, len, &id);
+        if (r < 0)
+                return r;
+        for (size_t off = 0; off < len; off += BODY_PIECE) {
+                size_t n = len - off < BODY_PIECE ? len - off : BODY_PIECE;
+                r = acs_store_body_write(st, id, off, data + off, n);
+                if (r < 0)
+                        return r;
+        }
+        return acs_store_body_finish(st, id, ret_id);
+}
+
+static int store_message(fetchctx *fc, srvmsg *m)
+{
+        acs_store *st = fc->sd->store;
+        int r;
+
+        acs_message old = {0};
+        r = acs_store_message_get_by_uid(st, fc->mailbox_id, m->uid, &old);
+        if (r == 0) {
+                /* Already here (a resumed batch): nothing to add. */
+                acs_message_clear(&old);
+                return 0;
+        }
+        if (r != -ENOENT)
+                return r;
+
+        size_t len = acs_crlf_to_lf(fc->body, fc->body_len);
+        uint64_t vsize = acs_lf_vsize(fc->body, len);
+        int64_t body_id;
+        r = store_body(st, fc->body, len, &body_id);
+        if (r < 0)
+                return r;
+        acs_message msg = {
+                .mailbox_id = fc->mailbox_id,
+                .uid = m->uid,
+                .modseq = m->modseq,
+                .flags = m->flags,
+                .keywords = m->keywords ? m->keywords : (char *)"",
+                .internaldate = m->internaldate,
+                .size = len,
+                .vsize = vsize,
+                .body_id = body_id,
+                .state = (m->flags & ACS_FLAG_SEEN) ? 0 : ACS_MSG_NEW,
+        };
+        r = acs_store_message_add(st, &msg);
+        free(msg.uniq);
+        if (r < 0)
+                return r;
+        note_keywords(st, m->keywords);
+        fc->stored_msgs++;
+        fc->stored_bytes += fc->body_len;
+        return 0;
+}
+
+static void on_att(struct mailimap_msg_att *att, void *userdata)
+{
+        fetchctx *fc = userdata;
+        srvmsg m;
+
+        if (fc->error < 0)
+                goto out;
+        int r = srvmsg_from_att(att, &m);
+        if (r < 0) {
+                fc->error = r;
+                goto out;
+        }
+        if (m.uid == 0 || m.uid < fc->min_uid) {
+                /* Unsolicited FETCH (flag change pushed by the server): handled by the next sync. */
+                free(m.keywords);
+                goto out;
+        }
+        if (!fc->store_bodies) {
+                r = srvlist_push(fc->list, &m);
+                if (r < 0) {
+                        free(m.keywords);
+                        fc->error = r;
+                }
+                goto out;
+        }
+        if (fc->body_too_big) {
+                acs_log_mb(LOG_ERR, fc->mbname, "message uid %u is larger than %zu bytes; not cached",
+                           m.uid, BODY_MAX);
+        } else if (!m.have_flags) {
+                fc->error = -EPROTO;
+        } else {
+                r = store_message(fc, &m);
+                if (r < 0)
+                        fc->error = r;
+        }
+        free(m.keywords);
+out:
+        body_reset(fc);
+}
+
+/* The handlers are only used while a progress function is set (libetpan's rule). */
+static void noop_progress(size_t current, size_t maximum, void *context) {}
+
+static void handlers_on(syncd *sd, fetchctx *fc)
+{
+        mailimap_set_progress_callback(sd->imap, noop_progress, NULL, fc);
+        mailimap_set_msg_att_handler(sd->imap, on_att, fc);
+        mailimap_set_msg_body_handler(sd->imap, fc->store_bodies ? on_body : NULL, fc);
+}
+
+static void handlers_off(syncd *sd)
+{
+        mailimap_set_msg_body_handler(sd->imap, NULL, NULL);
+        mailimap_set_msg_att_handler(sd->imap, NULL, NULL);
+        mailimap_set_progress_callback(sd->imap, NULL, NULL, NULL);
+}
+
+/* UID FETCH set (atts) streaming every response into fc. */
+static int uid_fetch_stream(syncd *sd, struct mailimap_set *set, struct mailimap_fetch_type *ft,
+                            uint64_t changedsince, fetchctx *fc)
+{
+        clist *result = NULL;
+        int r;
+
+        handlers_on(sd, fc);
+        if (changedsince)
+                r = mailimap_uid_fetch_changedsince(sd->imap, set, ft, changedsince, &result);
+        else
+                r = mailimap_uid_fetch(sd->imap, set, ft, &result);
+        handlers_off(sd);
+        if (result)
+                mailimap_fetch_list_free(result);
+        free(fc->body);
+        fc->body = NULL;
+        fc->body_cap = fc->body_len = 0;
+        if (fc->error < 0)
+                return fc->error;
+        /* An empty result of "N:*" style sets or CHANGEDSINCE is fine. */
+        return syncd_etpan_error(r);
+}
+
+/* ---- local state of a mailbox, sorted by uid ---- */
+
+typedef struct localmsg {
+        uint32_t uid;
+        int64_t id;
+        unsigned flags;
+        unsigned state;
+        uint64_t modseq;
+        char *keywords;
+} localmsg;
+
+typedef struct locallist {
+        localmsg *v;
+        size_t n, cap;
+} locallist;
+
+static void locallist_free(locallist *l)
+{
+        for (size_t i = 0; i < l->n; i++)
+                free(l->v[i].keywords);
+        free(l->v);
+        *l = (locallist){0};
+}
+
+static int local_cb(const acs_message *m, void *userdata)
+{
+        locallist *l = userdata;
+        if (m->uid == 0)
+                return 0; /* local append waiting for the server */
+        if (l->n == l->cap) {
+                size_t cap = l->cap ? l->cap * 2 : 256;
+                localmsg *v = realloc(l->v, cap * sizeof(*v));
+                if (!v)
+                        return -ENOMEM;
+                l->v = v;
+                l->cap = cap;
+        }
+        char *kw = strdup(m->keywords ? m->keywords : "");
+        if (!kw)
+                return -ENOMEM;
+        l->v[l->n++] = (localmsg){.uid = m->uid, .id = m->id, .flags = m->flags, .state = m->state,
+                                  .modseq = m->modseq, .keywords = kw};
+        return 0;
+}
+
+static int cmp_local(const void *a, const void *b)
+{
+        uint32_t x = ((const localmsg *)a)->uid, y = ((const localmsg *)b)->uid;
+        return x < y ? -1 : x > y;
+}
+
+static int local_load(acs_store *st, int64_t mailbox_id, locallist *ret)
+{
+        locallist l = {0};
+        int r = acs_store_message_list(st, mailbox_id, 0, 0, local_cb, &l);
+        if (r < 0) {
+                locallist_free(&l);
+                return r;
+        }
+        qsort(l.v, l.n, sizeof(*l.v), cmp_local);
+        *ret = l;
+        return 0;
+}
+
+static localmsg *local_find(locallist *l, uint32_t uid)
+{
+        localmsg key = {.uid = uid};
+        return bsearch(&key, l->v, l->n, sizeof(*l->v), cmp_local);
+}
+
+/* Applies the server's flags to a cached message; moves it new/ -> cur/ when it became \Seen. */
+static int apply_flags(acs_store *st, localmsg *lm, const srvmsg *sm)
+{
+        if (!sm->have_flags)
+                return 0;
+        const char *kw = sm->keywords ? sm->keywords : "";
+        int r;
+        if (lm->flags != sm->flags || strcmp(lm->keywords, kw) != 0) {
+                r = acs_store_message_set_flags(st, lm->id, sm->flags, kw, sm->modseq);
+                if (r < 0)
+                        return r;
+                note_keywords(st, kw);
+        }
+        if ((lm->state & ACS_MSG_NEW) && (sm->flags & ACS_FLAG_SEEN)) {
+                r = acs_store_message_set_state(st, lm->id, lm->state & ~ACS_MSG_NEW);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* ---- mailbox sync ---- */
+
+typedef struct mbsync {
+        syncd *sd;
+        acs_mailbox mb;       /* stored row */
+        const char *srvname;  /* mUTF-7 */
+        uint32_t uidvalidity, uidnext, exists;
+        uint64_t highestmodseq;
+        locallist local;
+        srvlist missing;      /* messages to download */
+} mbsync;
+
+static int select_plain(mbsync *ms, uint64_t *ret_modseq)
+{
+        syncd *sd = ms->sd;
+        uint64_t modseq = 0;
+        int r;
+        if (sd->caps.condstore)
+                r = mailimap_select_condstore(sd->imap, ms->srvname, &modseq);
+        else
+                r = mailimap_select(sd->imap, ms->srvname);
+        sd->selected = acs_free(sd->selected);
+        if (r != MAILIMAP_NO_ERROR)
+                return syncd_etpan_error(r);
+        sd->selected = strdup(ms->srvname);
+        *ret_modseq = modseq;
+        return 0;
+}
+
+static void selection(mbsync *ms)
+{
+        struct mailimap_selection_info *si = ms->sd->imap->imap_selection_info;
+        ms->uidvalidity = si ? si->sel_uidvalidity : 0;
+        ms->uidnext = si ? si->sel_uidnext : 0;
+        ms->exists = si ? si->sel_exists : 0;
+}
+
+/* Drops every cached row of the mailbox that came from the server (UIDVALIDITY changed). */
+static int rebuild_mailbox(mbsync *ms)
+{
+        acs_store *st = ms->sd->store;
+        int r = acs_store_begin(st, false);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < ms->local.n; i++) {
+                r = acs_store_message_delete(st, ms->local.v[i].id);
+                if (r < 0 && r != -ENOENT)
+                        goto fail;
+        }
+        /* Ops in the op log keep their own copy of what they need (body, uid); they stay. */
+        r = acs_store_mailbox_set_state(st, ms->mb.id, ms->uidvalidity, 0, 0);
+        if (r < 0)
+                goto fail;
+        r = acs_store_commit(st);
+        if (r < 0)
+                goto fail;
+        locallist_free(&ms->local);
+        return 0;
+fail:
+        acs_store_rollback(st);
+        return r;
+}
+
+static int cmp_uid_desc(const void *a, const void *b)
+{
+        return -cmp_uid_asc(a, b);
+}
+
+/* Downloads ms->missing newest first, in batches committed with the mailbox state. */
+static int fetch_missing(mbsync *ms, bool final_state)
+{
+        syncd *sd = ms->sd;
+        acs_store *st = sd->store;
+        int r = 0;
+
+        qsort(ms->missing.v, ms->missing.n, sizeof(*ms->missing.v), cmp_uid_desc);
+        uint64_t total_bytes = 0;
+        for (size_t i = 0; i < ms->missing.n; i++)
+                total_bytes += ms->missing.v[i].size;
+        progress_mailbox_begin(ms->mb.name, ms->missing.n, total_bytes);
+
+        struct mailimap_fetch_type *ft = fetch_type(true, true, true, sd->caps.condstore, true);
+        uint32_t *uids = malloc((ms->missing.n ? ms->missing.n : 1) * sizeof(*uids));
+        if (!ft || !uids) {
+                r = -ENOMEM;
+                goto out;
+        }
+        size_t i = 0, batch_max = BATCH_FIRST_MSGS;
+        while (i < ms->missing.n) {
+                if (syncd_stop) {
+                        r = -EINTR;
+                        goto out;
+                }
+                size_t n = 0;
+                uint64_t bytes = 0;
+                while (i + n < ms->missing.n && n < batch_max &&
+                       (n == 0 || bytes + ms->missing.v[i + n].size <= BATCH_MAX_BYTES)) {
+                        uids[n] = ms->missing.v[i + n].uid;
+                        bytes += ms->missing.v[i + n].size;
+                        n++;
+                }
+                struct mailimap_set *set = set_from_uids(uids, n);
+                if (!set) {
+                        r = -ENOMEM;
+                        goto out;
+                }
+                fetchctx fc = {.sd = sd, .mailbox_id = ms->mb.id, .mbname = ms->mb.name,
+                               .store_bodies = true};
+                r = acs_store_begin(st, false);
+                if (r < 0) {
+                        mailimap_set_free(set);
+                        goto out;
+                }
+                r = uid_fetch_stream(sd, set, ft, 0, &fc);
+                mailimap_set_free(set);
+                if (r == 0 && i + n == ms->missing.n && final_state)
+                        r = acs_store_mailbox_set_state(st, ms->mb.id, ms->uidvalidity,
+                                                        ms->uidnext, ms->highestmodseq);
+                if (r == 0)
+                        r = acs_store_commit(st);
+                if (r < 0) {
+                        acs_store_rollback(st);
+                        goto out;
+                }
+                progress_add(n, bytes);
+                i += n;
+                if (batch_max < BATCH_MAX_MSGS)
+                        batch_max = batch_max * 4 > BATCH_MAX_MSGS ? BATCH_MAX_MSGS : batch_max * 4;
+        }
+out:
+        progress_mailbox_end();
+        free(uids);
+        if (ft)
+                mailimap_fetch_type_free(ft);
+        return r;
+}
+
+/* Deletes cached messages the server no longer has; keep[] sorted ascending. */
+static int expunge_absent(mbsync *ms, const uint32_t *keep, size_t nkeep, uint32_t below_uid)
+{
+        acs_store *st = ms->sd->store;
+        size_t k = 0;
+        for (size_t i = 0; i < ms->local.n; i++) {
+                uint32_t uid = ms->local.v[i].uid;
+                if (uid >= below_uid)
+                        continue;
+                while (k < nkeep && keep[k] < uid)
+                        k++;
+                if (k < nkeep && keep[k] == uid)
+                        continue;
+                int r = acs_store_message_delete(st, ms->local.v[i].id);
+                if (r < 0 && r != -ENOENT)
+                        return r;
+        }
+        return 0;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+        uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+        return x < y ? -1 : x > y;
+}
+
+/*
+ * Plain path (and full sync): UID FETCH 1:* (UID FLAGS RFC822.SIZE [MODSEQ]) and compare
+ * everything with the cache: flags, expunges, and the list of messages to download.
+ */
+static int scan_full(mbsync *ms)
+{
+        syncd *sd = ms->sd;
+        srvlist all = {0};
+        int r;
+
+        if (ms->exists > 0) {
+                struct mailimap_fetch_type *ft = fetch_type(true, true, false, sd->caps.condstore, false);
+                struct mailimap_set *set = mailimap_set_new_interval(1, 0);
+                if (!ft || !set) {
+                        if (ft)
+                                mailimap_fetch_type_free(ft);
+                        if (set)
+                                mailimap_set_free(set);
+                        return -ENOMEM;
+                }
+                fetchctx fc = {.sd = sd, .mailbox_id = ms->mb.id, .mbname = ms->mb.name,
+                               .list = &all};
+                r = uid_fetch_stream(sd, set, ft, 0, &fc);
+                mailimap_set_free(set);
+                mailimap_fetch_type_free(ft);
+                if (r < 0)
+                        goto out;
+        }
+        qsort(all.v, all.n, sizeof(*all.v), cmp_uid_asc);
+
+        acs_store *st = sd->store;
+        r = acs_store_begin(st, false);
+        if (r < 0)
+                goto out;
+        uint32_t *keep = malloc((all.n ? all.n : 1) * sizeof(*keep));
+        if (!keep) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        for (size_t i = 0; i < all.n; i++)
+                keep[i] = all.v[i].uid;
+        r = expunge_absent(ms, keep, all.n, UINT32_MAX);
+        free(keep);
+        if (r < 0)
+                goto fail;
+        for (size_t i = 0; i < all.n; i++) {
+                localmsg *lm = local_find(&ms->local, all.v[i].uid);
+                if (lm) {
+                        r = apply_flags(st, lm, &all.v[i]);
+                        if (r < 0)
+                                goto fail;
+                } else {
+                        r = srvlist_push(&ms->missing, &all.v[i]);
+                        if (r < 0)
+                                goto fail;
+                        all.v[i].keywords = NULL; /* moved */
+                }
+        }
+        /* Without CONDSTORE highestmodseq stays 0; uidnext is only recorded once all is here. */
+        r = acs_store_mailbox_set_state(st, ms->mb.id, ms->uidvalidity,
+                                        ms->missing.n ? 0 : ms->uidnext,
+                                        ms->missing.n ? 0 : ms->highestmodseq);
+        if (r < 0)
+                goto fail;
+        r = acs_store_commit(st);
+        if (r < 0)
+                goto fail;
+        goto out;
+fail:
+        acs_store_rollback(st);
+out:
+        srvlist_free(&all);
+        return r;
+}
+
+/* New messages: UID FETCH from:* (UID FLAGS RFC822.SIZE MODSEQ), the ones not cached go to missing. */
+static int scan_new(mbsync *ms, uint32_t from)
+{
+        syncd *sd = ms->sd;
+        srvlist nl = {0};
+        if (from == 0)
+                from = 1;
+        if (ms->uidnext && from >= ms->uidnext)
+                return 0;
+        struct mailimap_fetch_type *ft = fetch_type(true, true, false, sd->caps.condstore, false);
+        struct mailimap_set *set = mailimap_set_new_interval(from, 0);
+        if (!ft || !set) {
+                if (ft)
+                        mailimap_fetch_type_free(ft);
+                if (set)
+                        mailimap_set_free(set);
+                return -ENOMEM;
+        }
+        fetchctx fc = {.sd = sd, .mailbox_id = ms->mb.id, .mbname = ms->mb.name, .list = &nl,
+                       .min_uid = from};
+        int r = uid_fetch_stream(sd, set, ft, 0, &fc);
+        mailimap_set_free(set);
+        mailimap_fetch_type_free(ft);
+        for (size_t i = 0; r == 0 && i < nl.n; i++) {
+                if (local_find(&ms->local, nl.v[i].uid))
+                        continue;
+                r = srvlist_push(&ms->missing, &nl.v[i]);
+                if (r == 0)
+                        nl.v[i].keywords = NULL;
+        }
+        srvlist_free(&nl);
+        return r;
+}
+
+/* Applies FETCH responses (flag changes, maybe new messages) collected in changed. */
+static int apply_changes(mbsync *ms, srvlist *changed)
+{
+        acs_store *st = ms->sd->store;
+        for (size_t i = 0; i < changed->n; i++) {
+                localmsg *lm = local_find(&ms->local, changed->v[i].uid);
+                if (!lm)
+                        continue; /* new: scan_new fetches it with its size */
+                int r = apply_flags(st, lm, &changed->v[i]);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int collect_fetch_list(clist *fetch_result, srvlist *ret)
+{
+        if (!fetch_result)
+                return 0;
+        for (clistiter *it = clist_begin(fetch_result); it; it = clist_next(it)) {
+                srvmsg m;
+                int r = srvmsg_from_att(clist_content(it), &m);
+                if (r < 0)
+                        return r;
+                if (m.uid == 0) {
+                        free(m.keywords);
+                        continue;
+                }
+                r = srvlist_push(ret, &m);
+                if (r < 0) {
+                        free(m.keywords);
+                        return r;
+                }
+        }
+        return 0;
+}
+
+static int vanished_to_uids(struct mailimap_set *set, uint32_t **ret, size_t *ret_n)
+{
+        size_t n = 0, cap = 0;
+        uint32_t *v = NULL;
+        if (set && set->set_list) {
+                for (clistiter *it = clist_begin(set->set_list); it; it = clist_next(it)) {
+                        struct mailimap_set_item *si = clist_content(it);
+                        uint32_t a = si->set_first, b = si->set_last;
+                        if (a > b) {
+                                uint32_t t = a;
+                                a = b;
+                                b = t;
+                        }
+                        if (a == 0)
+                                return -EPROTO;
+                        /* bound: a hostile "1:4294967295" must not make us allocate 16 GB */
+                        if ((uint64_t)b - a > 10000000)
+                                return -EPROTO;
+                        for (uint64_t u = a; u <= b; u++) {
+                                if (n == cap) {
+                                        cap = cap ? cap * 2 : 64;
+                                        uint32_t *nv = realloc(v, cap * sizeof(*v));
+                                        if (!nv) {
+                                                free(v);
+                                                return -ENOMEM;
+                                        }
+                                        v = nv;
+                                }
+                                v[n++] = (uint32_t)u;
+                        }
+                }
+        }
+        *ret = v;
+        *ret_n = n;
+        return 0;
+}
+
+/* QRESYNC: SELECT (QRESYNC (uidvalidity modseq)) gives VANISHED and changed FLAGS at once. */
+static int sync_qresync(mbsync *ms, bool *ret_uidvalidity_changed)
+{
+        syncd *sd = ms->sd;
+        clist *fetch_result = NULL;
+        struct mailimap_qresync_vanished *vanished = NULL;
+        uint64_t modseq = 0;
+        srvlist changed = {0};
+        uint32_t *gone = NULL;
+        size_t ngone = 0;
+
+        int r = mailimap_select_qresync(sd->imap, ms->srvname, ms->mb.uidvalidity, ms->mb.highestmodseq,
+                                        NULL, NULL, NULL, &fetch_result, &vanished, &modseq);
+        sd->selected = acs_free(sd->selected);
+        if (r != MAILIMAP_NO_ERROR) {
+                if (fetch_result)
+                        mailimap_fetch_list_free(fetch_result);
+                if (vanished)
+                        mailimap_qresync_vanished_free(vanished);
+                return syncd_etpan_error(r);
+        }
+        sd->selected = strdup(ms->srvname);
+        selection(ms);
+        ms->highestmodseq = modseq;
+        *ret_uidvalidity_changed = ms->uidvalidity != ms->mb.uidvalidity;
+        if (*ret_uidvalidity_changed)
+                goto out;
+
+        r = collect_fetch_list(fetch_result, &changed);
+        if (r == 0 && vanished)
+                r = vanished_to_uids(vanished->qr_known_uids, &gone, &ngone);
+        if (r < 0)
+                goto out;
+
+        acs_store *st = sd->store;
+        r = acs_store_begin(st, false);
+        if (r < 0)
+                goto out;
+        for (size_t i = 0; i < ngone; i++) {
+                r = acs_store_message_delete_uid(st, ms->mb.id, gone[i]);
+                if (r < 0 && r != -ENOENT)
+                        goto fail;
+                r = 0;
+        }
+        r = apply_changes(ms, &changed);
+        if (r < 0)
+                goto fail;
+        r = acs_store_commit(st);
+        if (r < 0)
+                goto fail;
+        /* reload: deleted rows are gone */
+        if (ngone) {
+                locallist_free(&ms->local);
+                r = local_load(st, ms->mb.id, &ms->local);
+                if (r < 0)
+                        goto out;
+        }
+        r = scan_new(ms, ms->mb.uidnext);
+        goto out;
+fail:
+        acs_store_rollback(st);
+out:
+        free(gone);
+        srvlist_free(&changed);
+        if (fetch_result)
+                mailimap_fetch_list_free(fetch_result);
+        if (vanished)
+                mailimap_qresync_vanished_free(vanished);
+        return r;
+}
+
+/* CONDSTORE only: FETCH CHANGEDSINCE for flags, UID SEARCH for expunges. */
+static int sync_condstore(mbsync *ms)
+{
+        syncd *sd = ms->sd;
+        acs_store *st = sd->store;
+        srvlist changed = {0};
+        clist *uids = NULL;
+        uint32_t *keep = NULL;
+        int r = 0;
+
+        if (ms->highestmodseq != ms->mb.highestmodseq && ms->exists > 0) {
+                struct mailimap_fetch_type *ft = fetch_type(true, false, false, true, false);
+                struct mailimap_set *set = mailimap_set_new_interval(1, 0);
+                if (!ft || !set) {
+                        if (ft)
+                                mailimap_fetch_type_free(ft);
+                        if (set)
+                                mailimap_set_free(set);
+                        return -ENOMEM;
+                }
+                fetchctx fc = {.sd = sd, .mailbox_id = ms->mb.id, .mbname = ms->mb.name,
+                               .list = &changed};
+                r = uid_fetch_stream(sd, set, ft, ms->mb.highestmodseq, &fc);
+                mailimap_set_free(set);
+                mailimap_fetch_type_free(ft);
+                if (r < 0)
+                        goto out;
+        }
+
+        /* Expunges: what of 1:(old uidnext - 1) still exists. Skipped when the counts agree. */
+        size_t nkeep = 0;
+        bool check_expunge = ms->mb.uidnext > 1 && ms->local.n > 0;
+        if (check_expunge) {
+                struct mailimap_set *set = mailimap_set_new_interval(1, ms->mb.uidnext - 1);
+                struct mailimap_search_key *key = set ? mailimap_search_key_new_uid(set) : NULL;
+                if (!key) {
+                        if (set)
+                                mailimap_set_free(set);
+                        r = -ENOMEM;
+                        goto out;
+                }
+                r = syncd_etpan_error(mailimap_uid_search(sd->imap, NULL, key, &uids));
+                mailimap_search_key_free(key);
+                if (r < 0)
+                        goto out;
+                nkeep = uids ? (size_t)clist_count(uids) : 0;
+                keep = malloc((nkeep ? nkeep : 1) * sizeof(*keep));
+                if (!keep) {
+                        r = -ENOMEM;
+                        goto out;
+                }
+                size_t k = 0;
+                for (clistiter *it = uids ? clist_begin(uids) : NULL; it; it = clist_next(it))
+                        keep[k++] = *(uint32_t *)clist_content(it);
+                qsort(keep, nkeep, sizeof(*keep), cmp_u32);
+        }
+
+        r = acs_store_begin(st, false);
+        if (r < 0)
+                goto out;
+        if (check_expunge) {
+                r = expunge_absent(ms, keep, nkeep, ms->mb.uidnext);
+                if (r < 0)
+                        goto fail;
+        }
+        r = apply_changes(ms, &changed);
+        if (r < 0)
+                goto fail;
+        r = acs_store_commit(st);
+        if (r < 0)
+                goto fail;
+        locallist_free(&ms->local);
+        r = local_load(st, ms->mb.id, &ms->local);
+        if (r < 0)
+                goto out;
+        r = scan_new(ms, ms->mb.uidnext);
+        goto out;
+fail:
+        acs_store_rollback(st);
+out:
+        if (uids)
+                mailimap_search_result_free(uids);
+        free(keep);
+        srvlist_free(&changed);
+        return r;
+}
+
+static int sync_one(syncd *sd, acs_mailbox *mb, const char *srvname)
+{
+        mbsync ms = {.sd = sd, .mb = *mb, .srvname = srvname};
+        acs_store *st = sd->store;
+        int r;
+
+        r = local_load(st, mb->id, &ms.local);
+        if (r < 0)
+                return r;
+
+        bool complete = mb->uidvalidity && mb->uidnext;
+        bool use_qresync = sd->qresync_enabled && complete && mb->highestmodseq;
+        bool use_condstore = !use_qresync && sd->caps.condstore && complete && mb->highestmodseq;
+
+        const char *path = use_qresync ? "qresync" : use_condstore ? "condstore" : complete ? "scan" : "full";
+        acs_log_mb(LOG_DEBUG, mb->name, "sync path: %s", path);
+        progress_event_kv("sync", mb->name, "path", path);
+        if (use_qresync) {
+                bool changed_uv = false;
+                r = sync_qresync(&ms, &changed_uv);
+                if (r < 0)
+                        goto out;
+                if (changed_uv) {
+                        acs_log_mb(LOG_NOTICE, mb->name, "UIDVALIDITY changed %u -> %u: rebuilding",
+                                   mb->uidvalidity, ms.uidvalidity);
+                        progress_event("uidvalidity", mb->name);
+                        r = rebuild_mailbox(&ms);
+                        if (r == 0)
+                                r = scan_full(&ms);
+                }
+        } else {
+                uint64_t modseq = 0;
+                r = select_plain(&ms, &modseq);
+                if (r < 0)
+                        goto out;
+                selection(&ms);
+                ms.highestmodseq = modseq;
+                if (mb->uidvalidity && ms.uidvalidity != mb->uidvalidity) {
+                        acs_log_mb(LOG_NOTICE, mb->name, "UIDVALIDITY changed %u -> %u: rebuilding",
+                                   mb->uidvalidity, ms.uidvalidity);
+                        progress_event("uidvalidity", mb->name);
+                        r = rebuild_mailbox(&ms);
+                        if (r == 0)
+                                r = scan_full(&ms);
+                } else if (use_condstore) {
+                        r = sync_condstore(&ms);
+                } else {
+                        r = scan_full(&ms);
+                }
+        }
+        if (r < 0)
+                goto out;
+        if (ms.uidnext == 0) {
+                /* server sent no UIDNEXT: derive it */
+                uint32_t mx = 0;
+                for (size_t i = 0; i < ms.missing.n; i++)
+                        if (ms.missing.v[i].uid > mx)
+                                mx = ms.missing.v[i].uid;
+                for (size_t i = 0; i < ms.local.n; i++)
+                        if (ms.local.v[i].uid > mx)
+                                mx = ms.local.v[i].uid;
+                ms.uidnext = mx + 1;
+        }
+        if (ms.missing.n) {
+                r = fetch_missing(&ms, true);
+        } else if (ms.uidvalidity != mb->uidvalidity || ms.uidnext != mb->uidnext ||
+                   ms.highestmodseq != mb->highestmodseq) {
+                r = acs_store_begin(st, false);
+                if (r == 0)
+                        r = acs_store_mailbox_set_state(st, mb->id, ms.uidvalidity, ms.uidnext,
+                                                        ms.highestmodseq);
+                if (r == 0)
+                        r = acs_store_commit(st);
+                else
+                        acs_store_rollback(st);
+        }
+out:
+        locallist_free(&ms.local);
+        srvlist_free(&ms.missing);
+        return r;
+}
+
+/* ---- mailbox list ---- */
+
+typedef struct srvbox {
+        char *srvname;   /* mUTF-7 as the server spells it */
+        char *name;      /* UTF-8 */
+        char delim;
+        unsigned attrs;
+        uint32_t uidvalidity; /* from STATUS, only when needed for rename detection */
+} srvbox;
+
+typedef struct boxlist {
+        srvbox *v;
+        size_t n, cap;
+} boxlist;
+
+static void boxlist_free(boxlist *l)
+{
+        for (size_t i = 0; i < l->n; i++) {
+                free(l->v[i].srvname);
+                free(l->v[i].name);
+        }
+        free(l->v);
+        *l = (boxlist){0};
+}
+
+static srvbox *boxlist_find(boxlist *l, const char *name)
+{
+        for (size_t i = 0; i < l->n; i++)
+                if (strcmp(l->v[i].name, name) == 0)
+                        return &l->v[i];
+        return NULL;
+}
+
+static unsigned list_attrs(struct mailimap_mbx_list_flags *fl)
+{
+        static const struct {
+                const char *name;
+                unsigned attr;
+        } map[] = {
+                {"All", ACS_MBOX_ALL},         {"Archive", ACS_MBOX_ARCHIVE},
+                {"Drafts", ACS_MBOX_DRAFTS},   {"Flagged", ACS_MBOX_FLAGGED},
+                {"Junk", ACS_MBOX_JUNK},       {"Sent", ACS_MBOX_SENT},
+                {"Trash", ACS_MBOX_TRASH},     {"NonExistent", ACS_MBOX_NOSELECT},
+        };
+        unsigned a = 0;
+        if (!fl)
+                return 0;
+        if (fl->mbf_type == MAILIMAP_MBX_LIST_FLAGS_SFLAG && fl->mbf_sflag == MAILIMAP_MBX_LIST_SFLAG_NOSELECT)
+                a |= ACS_MBOX_NOSELECT;
+        for (clistiter *it = fl->mbf_oflags ? clist_begin(fl->mbf_oflags) : NULL; it; it = clist_next(it)) {
+                struct mailimap_mbx_list_oflag *of = clist_content(it);
+                if (of->of_type == MAILIMAP_MBX_LIST_OFLAG_NOINFERIORS) {
+                        a |= ACS_MBOX_NOINFERIORS;
+                        continue;
+                }
+                if (!of->of_flag_ext)
+                        continue;
+                for (size_t i = 0; i < ACS_ARRAY_SIZE(map); i++)
+                        if (strcasecmp(of->of_flag_ext, map[i].name) == 0)
+                                a |= map[i].attr;
+        }
+        return a;
+}
+
+static int read_list(syncd *sd, bool lsub, boxlist *out)
+{
+        clist *result = NULL;
+        int r = lsub ? mailimap_lsub(sd->imap, "", "*", &result) : mailimap_list(sd->imap, "", "*", &result);
+        if (r != MAILIMAP_NO_ERROR) {
+                if (result)
+                        mailimap_list_result_free(result);
+                return syncd_etpan_error(r);
+        }
+        r = 0;
+        for (clistiter *it = result ? clist_begin(result) : NULL; it; it = clist_next(it)) {
+                struct mailimap_mailbox_list *ml = clist_content(it);
+                const char *err = NULL;
+                char *utf8 = NULL;
+                if (strcasecmp(ml->mb_name, "INBOX") == 0) {
+                        utf8 = strdup("INBOX");
+                } else if (acs_mutf7_to_utf8(ml->mb_name, &utf8, &err) < 0) {
+                        acs_log(LOG_WARNING, "mailbox name \"%s\" is not valid modified UTF-7 (%s); skipped",
+                                ml->mb_name, err ? err : "?");
+                        continue;
+                }
+                if (!utf8) {
+                        r = -ENOMEM;
+                        break;
+                }
+                if (lsub) {
+                        srvbox *b = boxlist_find(out, utf8);
+                        if (b)
+                                b->attrs |= ACS_MBOX_SUBSCRIBED;
+                        free(utf8);
+                        continue;
+                }
+                if (out->n == out->cap) {
+                        size_t cap = out->cap ? out->cap * 2 : 32;
+                        srvbox *v = realloc(out->v, cap * sizeof(*v));
+                        if (!v) {
+                                free(utf8);
+                                r = -ENOMEM;
+                                break;
+                        }
+                        out->v = v;
+                        out->cap = cap;
+                }
+                char *srv = strdup(strcasecmp(ml->mb_name, "INBOX") == 0 ? "INBOX" : ml->mb_name);
+                if (!srv) {
+                        free(utf8);
+                        r = -ENOMEM;
+                        break;
+                }
+                out->v[out->n++] = (srvbox){.srvname = srv, .name = utf8, .delim = ml->mb_delimiter,
+                                            .attrs = list_attrs(ml->mb_flag)};
+        }
+        if (result)
+                mailimap_list_result_free(result);
+        return r;
+}
+
+typedef struct status {
+        uint32_t uidvalidity, uidnext, messages;
+        uint64_t highestmodseq;
+        bool has_modseq;
+} status;
+
+static int get_status(syncd *sd, const char *srvname, status *ret)
+{
+        struct mailimap_status_att_list *sl = mailimap_status_att_list_new_empty();
+        if (!sl)
+                return -ENOMEM;
+        mailimap_status_att_list_add(sl, MAILIMAP_STATUS_ATT_UIDVALIDITY);
+        mailimap_status_att_list_add(sl, MAILIMAP_STATUS_ATT_UIDNEXT);
+        mailimap_status_att_list_add(sl, MAILIMAP_STATUS_ATT_MESSAGES);
+        if (sd->caps.condstore)
+                mailimap_status_att_list_add(sl, MAILIMAP_STATUS_ATT_HIGHESTMODSEQ);
+        struct mailimap_mailbox_data_status *st = NULL;
+        int r = mailimap_status(sd->imap, srvname, sl, &st);
+        mailimap_status_att_list_free(sl);
+        if (r != MAILIMAP_NO_ERROR) {
+                if (st)
+                        mailimap_mailbox_data_status_free(st);
+                return syncd_etpan_error(r);
+        }
+        status s = {0};
+        for (clistiter *it = st && st->st_info_list ? clist_begin(st->st_info_list) : NULL; it;
+             it = clist_next(it)) {
+                struct mailimap_status_info *si = clist_content(it);
+                switch (si->st_att) {
+                case MAILIMAP_STATUS_ATT_UIDVALIDITY: s.uidvalidity = si->st_value; break;
+                case MAILIMAP_STATUS_ATT_UIDNEXT: s.uidnext = si->st_value; break;
+                case MAILIMAP_STATUS_ATT_MESSAGES: s.messages = si->st_value; break;
+                case MAILIMAP_STATUS_ATT_HIGHESTMODSEQ:
+                case MAILIMAP_STATUS_ATT_EXTENSION:
+                        if (si->st_ext_data && si->st_ext_data->ext_extension == &mailimap_extension_condstore &&
+                            si->st_ext_data->ext_type == MAILIMAP_CONDSTORE_TYPE_STATUS_INFO) {
+                                struct mailimap_condstore_status_info *ci = si->st_ext_data->ext_data;
+                                s.highestmodseq = ci->cs_highestmodseq_value;
+                                s.has_modseq = true;
+                        }
+                        break;
+                default: break;
+                }
+        }
+        if (st)
+                mailimap_mailbox_data_status_free(st);
+        *ret = s;
+        return 0;
+}
+
+typedef struct storedbox {
+        int64_t id;
+        char *name;
+        uint32_t uidvalidity;
+} storedbox;
+
+typedef struct storedlist {
+        storedbox *v;
+        size_t n, cap;
+} storedlist;
+
+static int stored_cb(const acs_mailbox *mb, void *userdata)
+{
+        storedlist *l = userdata;
+        if (l->n == l->cap) {
+                size_t cap = l->cap ? l->cap * 2 : 32;
+                storedbox *v = realloc(l->v, cap * sizeof(*v));
+                if (!v)
+                        return -ENOMEM;
+                l->v = v;
+                l->cap = cap;
+        }
+        char *n = strdup(mb->name);
+        if (!n)
+                return -ENOMEM;
+        l->v[l->n++] = (storedbox){.id = mb->id, .name = n, .uidvalidity = mb->uidvalidity};
+        return 0;
+}
+
+static void storedlist_free(storedlist *l)
+{
+        for (size_t i = 0; i < l->n; i++)
+                free(l->v[i].name);
+        free(l->v);
+        *l = (storedlist){0};
+}
+
+int syncd_sync_list(syncd *sd)
+{
+        boxlist srv = {0};
+        storedlist loc = {0};
+        acs_store *st = sd->store;
+        int r;
+
+        r = read_list(sd, false, &srv);
+        if (r == 0)
+                r = read_list(sd, true, &srv);
+        if (r == 0)
+                r = acs_store_mailbox_foreach(st, stored_cb, &loc);
+        if (r < 0)
+                goto out;
+
+        /* Mailboxes gone from the server; a new mailbox with the same UIDVALIDITY is a rename. */
+        bool any_gone = false;
+        for (size_t i = 0; i < loc.n; i++)
+                if (!boxlist_find(&srv, loc.v[i].name))
+                        any_gone = true;
+        if (any_gone) {
+                for (size_t j = 0; j < srv.n; j++) {
+                        bool known = false;
+                        for (size_t i = 0; i < loc.n && !known; i++)
+                                known = strcmp(loc.v[i].name, srv.v[j].name) == 0;
+                        if (known || (srv.v[j].attrs & ACS_MBOX_NOSELECT))
+                                continue;
+                        status s;
+                        r = get_status(sd, srv.v[j].srvname, &s);
+                        if (r == -EREMOTEIO)
+                                continue;
+                        if (r < 0)
+                                goto out;
+                        srv.v[j].uidvalidity = s.uidvalidity;
+                }
+        }
+
+        r = acs_store_begin(st, false);
+        if (r < 0)
+                goto out;
+        for (size_t i = 0; i < loc.n; i++) {
+                if (boxlist_find(&srv, loc.v[i].name))
+                        continue;
+                srvbox *to = NULL;
+                for (size_t j = 0; j < srv.n && loc.v[i].uidvalidity; j++) {
+                        if (srv.v[j].uidvalidity != loc.v[i].uidvalidity)
+                                continue;
+                        bool taken = false;
+                        for (size_t k = 0; k < loc.n && !taken; k++)
+                                taken = strcmp(loc.v[k].name, srv.v[j].name) == 0;
+                        if (!taken) {
+                                to = &srv.v[j];
+                                break;
+                        }
+                }
+                if (to) {
+                        acs_log_mb(LOG_INFO, loc.v[i].name, "renamed on the server to \"%s\"", to->name);
+                        r = acs_store_mailbox_rename(st, loc.v[i].id, to->name);
+                        if (r < 0)
+                                goto fail;
+                        free(loc.v[i].name);
+                        loc.v[i].name = strdup(to->name);
+                        if (!loc.v[i].name) {
+                                r = -ENOMEM;
+                                goto fail;
+                        }
+                        progress_event("mailbox_renamed", to->name);
+                } else {
+                        acs_log_mb(LOG_INFO, loc.v[i].name, "deleted on the server");
+                        r = acs_store_mailbox_delete(st, loc.v[i].id);
+                        if (r < 0 && r != -ENOENT)
+                                goto fail;
+                        progress_event("mailbox_deleted", loc.v[i].name);
+                }
+        }
+        for (size_t j = 0; j < srv.n; j++) {
+                acs_mailbox mb = {.name = srv.v[j].name, .delim = srv.v[j].delim, .attrs = srv.v[j].attrs};
+                r = acs_store_mailbox_put(st, &mb);
+                if (r < 0)
+                        goto fail;
+        }
+        r = acs_store_commit(st);
+        if (r < 0)
+                goto fail;
+        sd->list_dirty = false;
+        goto out;
+fail:
+        acs_store_rollback(st);
+out:
+        boxlist_free(&srv);
+        storedlist_free(&loc);
+        return r;
+}
+
+/* Server name of a stored mailbox (UTF-8 -> mUTF-7; INBOX stays). */
+static int server_name(const char *name, char **ret)
+{
+        const char *err;
+        if (strcmp(name, "INBOX") == 0) {
+                *ret = strdup("INBOX");
+                return *ret ? 0 : -ENOMEM;
+        }
+        return acs_utf8_to_mutf7(name, ret, &err);
+}
+
+int syncd_sync_mailbox(syncd *sd, const char *srvname)
+{
+        const char *err;
+        _cleanup_free_ char *name = NULL;
+        int r;
+        if (strcmp(srvname, "INBOX") == 0)
+                name = strdup("INBOX");
+        else if (acs_mutf7_to_utf8(srvname, &name, &err) < 0)
+                return -EINVAL;
+        if (!name)
+                return -ENOMEM;
+        acs_mailbox mb = {0};
+        r = acs_store_mailbox_get(sd->store, name, &mb);
+        if (r < 0)
+                return r;
+        if (mb.attrs & ACS_MBOX_NOSELECT) {
+                acs_mailbox_clear(&mb);
+                return 0;
+        }
+        r = sync_one(sd, &mb, srvname);
+        acs_mailbox_clear(&mb);
+        return r;
+}
+
+typedef struct boxref {
+        char *name;
+        unsigned attrs;
+        int64_t newest;
+} boxref;
+
+static int boxref_cb(const acs_mailbox *mb, void *userdata)
+{
+        struct {
+                boxref *v;
+                size_t n, cap;
+        } *l = userdata;
+        if (l->n == l->cap) {
+                size_t cap = l->cap ? l->cap * 2 : 32;
+                boxref *v = realloc(l->v, cap * sizeof(*v));
+                if (!v)
+                        return -ENOMEM;
+                l->v = v;
+                l->cap = cap;
+        }
+        char *n = strdup(mb->name);
+        if (!n)
+                return -ENOMEM;
+        l->v[l->n++] = (boxref){.name = n, .attrs = mb->attrs};
+        return 0;
+}
+
+static int cmp_boxref(const void *a, const void *b)
+{
+        const boxref *x = a, *y = b;
+        bool xi = strcmp(x->name, "INBOX") == 0, yi = strcmp(y->name, "INBOX") == 0;
+        if (xi != yi)
+                return xi ? -1 : 1;
+        return strcmp(x->name, y->name);
+}
+
+int syncd_sync_all(syncd *sd, bool quick)
+{
+        struct {
+                boxref *v;
+                size_t n, cap;
+        } l = {0};
+        int r = acs_store_mailbox_foreach(sd->store, boxref_cb, &l);
+        if (r < 0)
+                goto out;
+        /* INBOX first; the rest in name order (newest first applies within each mailbox). */
+        qsort(l.v, l.n, sizeof(*l.v), cmp_boxref);
+        for (size_t i = 0; i < l.n && r == 0; i++) {
+                if (syncd_stop) {
+                        r = -EINTR;
+                        break;
+                }
+                if (l.v[i].attrs & ACS_MBOX_NOSELECT)
+                        continue;
+                _cleanup_free_ char *srv = NULL;
+                r = server_name(l.v[i].name, &srv);
+                if (r < 0) {
+                        acs_log_mb(LOG_WARNING, l.v[i].name, "cannot encode the name for the server");
+                        r = 0;
+                        continue;
+                }
+                if (quick) {
+                        acs_mailbox mb = {0};
+                        r = acs_store_mailbox_get(sd->store, l.v[i].name, &mb);
+                        if (r < 0)
+                                break;
+                        uint64_t count = 0;
+                        uint32_t maxuid = 0;
+                        status s = {0};
+                        r = acs_store_message_count(sd->store, mb.id, &count, &maxuid);
+                        if (r == 0)
+                                r = get_status(sd, srv, &s);
+                        bool same = r == 0 && mb.uidvalidity && mb.uidnext && s.uidvalidity == mb.uidvalidity &&
+                                    s.uidnext == mb.uidnext && s.messages == count &&
+                                    (sd->caps.condstore ? s.has_modseq && s.highestmodseq == mb.highestmodseq
+                                                        : false);
+                        acs_mailbox_clear(&mb);
+                        if (r == -EREMOTEIO) {
+                                /* the mailbox vanished meanwhile: the list sync will notice */
+                                sd->list_dirty = true;
+                                r = 0;
+                                continue;
+                        }
+                        if (r < 0)
+                                break;
+                        if (same)
+                                continue;
+                }
+                r = syncd_sync_mailbox(sd, srv);
+                if (r == -EREMOTEIO) {
+                        acs_log_mb(LOG_WARNING, l.v[i].name, "SELECT refused; the list will be read again");
+                        sd->list_dirty = true;
+                        r = 0;
+                }
+        }
+out:
+        for (size_t i = 0; i < l.n; i++)
+                free(l.v[i].name);
+        free(l.v);
+        return r;
+}

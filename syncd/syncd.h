@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: MIT */
+/* Internal interfaces of acs-syncd: the session state shared by its modules (not a library). */
+#pragma once
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libetpan/libetpan.h>
+
+#include "acs/store.h"
+
+/* Options from the command line; strings are borrowed from argv (password: see below). */
+typedef struct syncd_opts {
+        const char *db_path;
+        const char *url;
+        const char *user;
+        const char *ca_file;
+        bool once;
+        bool progress_json;
+        bool insecure_plaintext;
+        unsigned timeout_sec;
+        unsigned retries;      /* --once: attempts after a temporary failure before giving up */
+        char *password; /* sodium_malloc'd, NUL-terminated; wiped and freed at exit */
+} syncd_opts;
+
+/* Server capabilities that change what we send (read after login). */
+typedef struct syncd_caps {
+        bool qresync, condstore, notify, idle, special_use, enable;
+} syncd_caps;
+
+typedef struct syncd {
+        const syncd_opts *opts;
+        acs_store *store;
+        mailimap *imap;         /* NULL while disconnected */
+        syncd_caps caps;
+        bool qresync_enabled;   /* ENABLE QRESYNC succeeded on this connection */
+        char *selected;         /* server (mUTF-7) name of the selected mailbox, malloc'd; NULL none */
+        bool list_dirty;        /* the mailbox list must be read again */
+        int wake_fd;            /* read end of the signal self-pipe */
+        /* statistics for the progress output */
+        uint64_t total_msgs, total_bytes;
+} syncd;
+
+/* Set by the SIGTERM/SIGINT handler; every loop checks it. */
+extern volatile sig_atomic_t syncd_stop;
+
+/* Maps a libetpan status to -errno: stream -> -ECONNRESET, parse -> -EPROTO, NO/BAD -> -EREMOTEIO. */
+int syncd_etpan_error(int r);
+
+/* ---- sync.c ---- */
+/*
+ * Reads the mailbox list (LIST, LSUB), follows creations, renames and deletions into the
+ * store. Returns 0 or -errno (network/protocol errors from the connection, -EIO store).
+ */
+int syncd_sync_list(syncd *sd);
+/*
+ * Brings every mailbox up to date (INBOX first). With quick, mailboxes whose STATUS matches
+ * the stored state are skipped without SELECT. Returns 0 or -errno.
+ */
+int syncd_sync_all(syncd *sd, bool quick);
+/* Brings one mailbox (server name, mUTF-7) up to date. */
+int syncd_sync_mailbox(syncd *sd, const char *server_name);
+
+/* ---- push.c ---- */
+/*
+ * Waits for server events (NOTIFY + IDLE, or IDLE on the selected mailbox plus a periodic
+ * check) and applies them; returns 0 when stopped by a signal, -errno on connection errors.
+ */
+int syncd_push_loop(syncd *sd);
+
+/* ---- progress.c ---- */
+void progress_init(bool json);
+void progress_mailbox_begin(const char *mailbox, uint64_t total_msgs, uint64_t total_bytes);
+void progress_add(uint64_t msgs, uint64_t bytes);
+void progress_mailbox_end(void);
+/* A free-form event line in JSON mode ({"event":..., fields...}); ignored on a tty. */
+void progress_event(const char *event, const char *mailbox);
+/* The same with one more string field "key":"value". */
+void progress_event_kv(const char *event, const char *mailbox, const char *key, const char *value);
+void progress_finish(void);
