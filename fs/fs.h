@@ -102,7 +102,8 @@ typedef struct fs_ctx {
         int64_t root_mtime_ns;  /* protected by tree_lock */
 
         pthread_key_t store_key; /* per-thread read-only acs_store */
-        int store_open_errors;  /* protected by tree_lock (write); for logging once */
+        pthread_mutex_t dirs_lock;
+        struct dir_handle *dirs; /* open directory handles; protected by dirs_lock */
 } fs_ctx;
 
 /* The thread's own read-only store handle (opened on first use). NULL + *ret_err on failure. */
@@ -114,6 +115,9 @@ acs_store *fs_thread_store(fs_ctx *ctx, int *ret_err);
  */
 int fs_message_name(acs_store *s, const char *uniq, uint64_t size, uint64_t vsize,
                     unsigned flags, const char *keywords, char **ret);
+
+/* Frees directory handles the kernel never released (at exit, after the loop ended). */
+void fs_dirs_free_all(fs_ctx *ctx);
 
 /* The low-level operation table (fs/ops.c). */
 extern const struct fuse_lowlevel_ops fs_ops;

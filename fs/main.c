@@ -207,6 +207,7 @@ int main(int argc, char **argv)
                 goto out_args;
         }
         pthread_rwlock_init(&ctx.tree_lock, NULL);
+        pthread_mutex_init(&ctx.dirs_lock, NULL);
         if (pthread_key_create(&ctx.store_key, store_destroy) != 0)
                 goto out_tree;
 
@@ -254,11 +255,13 @@ out_signals:
         fuse_remove_signal_handlers(ctx.se);
 out_session:
         fuse_session_destroy(ctx.se);
+        fs_dirs_free_all(&ctx);
 out_key:
         /* this thread may hold a handle too (single-threaded loop) */
         store_destroy(pthread_getspecific(ctx.store_key));
         pthread_key_delete(ctx.store_key);
 out_tree:
+        pthread_mutex_destroy(&ctx.dirs_lock);
         pthread_rwlock_destroy(&ctx.tree_lock);
         ctx.tree = fs_tree_free(ctx.tree);
 out_args:

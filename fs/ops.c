@@ -342,6 +342,7 @@ typedef struct dir_entry {
  * 2 = after ".."). Folder directories are small and listed whole from the tree snapshot.
  */
 typedef struct dir_handle {
+        struct dir_handle *prev, *next; /* protected by fs_ctx.dirs_lock */
         bool messages;          /* cur/ or new/ */
         bool tmp;               /* tmp/: always empty */
         int64_t mailbox_id;
@@ -355,6 +356,26 @@ typedef struct dir_handle {
         bool eof;               /* no rows after batch_last */
         bool have_batch;
 } dir_handle;
+
+/* Links an open directory into ctx->dirs, so the ones the kernel never released are freed at exit. */
+static void dir_link(fs_ctx *ctx, dir_handle *h)
+{
+        pthread_mutex_lock(&ctx->dirs_lock);
+        h->prev = NULL;
+        h->next = ctx->dirs;
+        if (h->next)
+                h->next->prev = h;
+        ctx->dirs = h;
+        pthread_mutex_unlock(&ctx->dirs_lock);
+}
+
+static void dir_free(fs_ctx *ctx, dir_handle *h);
+
+void fs_dirs_free_all(fs_ctx *ctx)
+{
+        while (ctx->dirs)
+                dir_free(ctx, ctx->dirs);
+}
 
 static void dir_batch_clear(dir_handle *h)
 {
@@ -472,18 +493,28 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         /* the kernel may keep listings; the watcher invalidates a directory that changed */
         fi->cache_readdir = 1;
         fi->keep_cache = 1;
-        if (fuse_reply_open(req, fi) == -ENOENT) {
-                dir_batch_clear(h);
-                free(h);
-        }
+        dir_link(req_ctx(req), h);
+        if (fuse_reply_open(req, fi) == -ENOENT)
+                dir_free(req_ctx(req), h); /* interrupted: no releasedir will come */
+}
+
+static void dir_free(fs_ctx *ctx, dir_handle *h)
+{
+        pthread_mutex_lock(&ctx->dirs_lock);
+        if (h->prev)
+                h->prev->next = h->next;
+        else
+                ctx->dirs = h->next;
+        if (h->next)
+                h->next->prev = h->prev;
+        pthread_mutex_unlock(&ctx->dirs_lock);
+        dir_batch_clear(h);
+        free(h);
 }
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-        dir_handle *h = (dir_handle *)(uintptr_t)fi->fh;
-
-        dir_batch_clear(h);
-        free(h);
+        dir_free(req_ctx(req), (dir_handle *)(uintptr_t)fi->fh);
         fuse_reply_err(req, 0);
 }
 

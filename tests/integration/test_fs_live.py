@@ -45,21 +45,23 @@ def live(request):
             stdout=e.syncd_log, stderr=subprocess.STDOUT)
         e.mount = Mount(e.db, e.base / 'mnt', extra=('--log-level', 'debug'))
         e.root = Path(e.mount.mountpoint)
-        time.sleep(1.0)  # let acs-syncd reach its push loop (IDLE/NOTIFY)
+        time.sleep(2.0)  # let acs-syncd reach its push loop (IDLE/NOTIFY)
         assert e.syncd.poll() is None, 'acs-syncd exited:\n' + log_of(e.syncd_log)
         yield e
     finally:
-        if e.mount:
-            e.mount.stop()
-        if e.syncd and e.syncd.poll() is None:
-            e.syncd.send_signal(signal.SIGTERM)
-            try:
-                e.syncd.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                e.syncd.kill()
-                e.syncd.wait()
-        e.dovecot.stop()
-        shutil.rmtree(e.base, ignore_errors=True)
+        try:
+            if e.mount:
+                e.mount.stop_clean()
+        finally:
+            if e.syncd and e.syncd.poll() is None:
+                e.syncd.send_signal(signal.SIGTERM)
+                try:
+                    e.syncd.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    e.syncd.kill()
+                    e.syncd.wait()
+            e.dovecot.stop()
+            shutil.rmtree(e.base, ignore_errors=True)
 
 
 def log_of(f):
@@ -172,10 +174,12 @@ def cache_mount():
         e.root = Path(e.mount.mountpoint)
         yield e
     finally:
-        if e.mount:
-            e.mount.stop()
-        e.dovecot.stop()
-        shutil.rmtree(e.base, ignore_errors=True)
+        try:
+            if e.mount:
+                e.mount.stop_clean()
+        finally:
+            e.dovecot.stop()
+            shutil.rmtree(e.base, ignore_errors=True)
 
 
 def commit(db, *statements):

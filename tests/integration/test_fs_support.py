@@ -11,7 +11,7 @@ from pathlib import Path
 
 from acstest import fusecheck, paths
 
-MOUNT_TIMEOUT = 10.0
+MOUNT_TIMEOUT = 30.0
 
 # Maildir flag letters <-> IMAP system flags (CLIENTS.md, mbsync's mapping)
 LETTER_FLAGS = {'D': '\\Draft', 'F': '\\Flagged', 'P': '$Forwarded', 'R': '\\Answered',
@@ -51,6 +51,10 @@ class Mount:
         self.mountpoint = str(mountpoint)
         os.makedirs(self.mountpoint, exist_ok=True)
         cmd = [paths.binary('acs-fs'), '--db', self.db, '--layout', layout, '-f', *extra]
+        if os.environ.get('ACS_FS_VALGRIND'):
+            # ACS_FS_VALGRIND=1: run acs-fs under valgrind; stop_clean() fails on errors or leaks
+            cmd = ['valgrind', '--leak-check=full', '--show-leak-kinds=definite,indirect',
+                   '--errors-for-leak-kinds=definite,indirect', '--error-exitcode=9', '-q', *cmd]
         if options:
             cmd += ['-o', options]
         cmd.append(self.mountpoint)
@@ -88,11 +92,21 @@ class Mount:
         fusecheck.unmount(self.mountpoint)
         return self.proc.returncode
 
+    def stop_clean(self):
+        """stop(), then fail unless acs-fs exited 0 without sanitizer or valgrind complaints."""
+        rc = self.stop()
+        text = self.log_text()
+        bad = [w for w in ('Sanitizer', 'runtime error:', 'LeakSanitizer', 'definitely lost') if w in text]
+        assert rc == 0 and not bad, f'acs-fs exited {rc}, log:\n{text[-4000:]}'
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.stop()
+        if exc[0] is None:
+            self.stop_clean()
+        else:
+            self.stop()
 
 
 def escape_component(comp, layout):
