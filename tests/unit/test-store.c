@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <sys/stat.h>
@@ -1419,6 +1420,143 @@ TEST(busy_writer)
         CHECK_INT(acs_store_commit(w2), 0);
         acs_store_close(w2);
         acs_store_close(w);
+        tmp_done();
+}
+
+/* ---- threads: one writer and readers with their own handles (acs-fs's pattern) ---- */
+
+struct thr {
+        const char *path;
+        int64_t mailbox;
+        int done; /* atomic */
+        int errors;
+        uint64_t reads;
+};
+
+static void body_for_uid(uint32_t uid, char *buf, size_t *len)
+{
+        *len = (size_t)snprintf(buf, 200, "Subject: message %u\n\n%0*u\n", uid, (int)(uid % 97) + 1, uid);
+}
+
+static void *writer_thread(void *arg)
+{
+        struct thr *t = arg;
+        acs_store *s = NULL;
+        uint32_t uid = 0;
+
+        if (acs_store_open(t->path, 0, &s, NULL) < 0) {
+                __atomic_add_fetch(&t->errors, 1, __ATOMIC_SEQ_CST);
+                __atomic_store_n(&t->done, 1, __ATOMIC_SEQ_CST);
+                return NULL;
+        }
+        for (int tx = 0; tx < 30; tx++) {
+                if (acs_store_begin(s, false) < 0) {
+                        __atomic_add_fetch(&t->errors, 1, __ATOMIC_SEQ_CST);
+                        continue;
+                }
+                for (int i = 0; i < 40; i++) {
+                        char body[200];
+                        size_t len;
+                        int64_t b;
+
+                        uid++;
+                        body_for_uid(uid, body, &len);
+                        acs_message m = { .mailbox_id = t->mailbox, .uid = uid, .size = len,
+                                          .vsize = len + 2, .internaldate = uid };
+                        if (acs_store_body_put(s, body, len, &b) < 0)
+                                __atomic_add_fetch(&t->errors, 1, __ATOMIC_SEQ_CST);
+                        m.body_id = b;
+                        if (acs_store_message_add(s, &m) < 0)
+                                __atomic_add_fetch(&t->errors, 1, __ATOMIC_SEQ_CST);
+                        free(m.uniq);
+                }
+                if (acs_store_commit(s) < 0)
+                        __atomic_add_fetch(&t->errors, 1, __ATOMIC_SEQ_CST);
+        }
+        acs_store_close(s);
+        __atomic_store_n(&t->done, 1, __ATOMIC_SEQ_CST);
+        return NULL;
+}
+
+struct reader_ctx {
+        acs_store *s;
+        struct thr *t;
+        int errors;
+        uint64_t reads;
+};
+
+static int reader_check(const acs_message *m, void *userdata)
+{
+        struct reader_ctx *rc = userdata;
+        char want[200], got[256];
+        size_t len, n = 0, off = 0;
+
+        body_for_uid(m->uid, want, &len);
+        /* read in two pieces, so the cached blob handle is used */
+        if (acs_store_body_read(rc->s, m->body_id, 0, got, 7, &n) < 0)
+                return -EIO;
+        off = n;
+        if (acs_store_body_read(rc->s, m->body_id, off, got + off, sizeof(got) - off, &n) < 0)
+                return -EIO;
+        off += n;
+        if (off != len || memcmp(got, want, len) != 0 || m->size != len)
+                rc->errors++;
+        rc->reads++;
+        return 0;
+}
+
+static void *reader_thread(void *arg)
+{
+        struct thr *t = arg;
+        struct reader_ctx rc = { .t = t };
+        uint64_t last = 0;
+
+        if (acs_store_open(t->path, ACS_STORE_READONLY, &rc.s, NULL) < 0) {
+                __atomic_add_fetch(&t->errors, 1, __ATOMIC_SEQ_CST);
+                return NULL;
+        }
+        for (int round = 0;; round++) {
+                int done = __atomic_load_n(&t->done, __ATOMIC_SEQ_CST);
+                uint64_t count = 0;
+
+                if (acs_store_message_count(rc.s, t->mailbox, &count, NULL) < 0 || count < last ||
+                    count % 40 != 0) /* whole transactions only */
+                        rc.errors++;
+                last = count;
+                if (acs_store_message_list(rc.s, t->mailbox, 0, 0, reader_check, &rc) < 0)
+                        rc.errors++;
+                if (done)
+                        break;
+        }
+        if (last != 1200)
+                rc.errors++;
+        acs_store_close(rc.s);
+        __atomic_add_fetch(&t->errors, rc.errors, __ATOMIC_SEQ_CST);
+        __atomic_add_fetch(&t->reads, rc.reads, __ATOMIC_SEQ_CST);
+        return NULL;
+}
+
+TEST(threads_writer_readers)
+{
+        struct thr t = { 0 };
+        pthread_t w, r[3];
+        acs_store *s;
+
+        tmp_init();
+        s = open_new("th.db");
+        t.path = tmp_path("th.db");
+        t.mailbox = add_mailbox(s, "INBOX", '/');
+        for (int i = 0; i < 3; i++)
+                CHECK(pthread_create(&r[i], NULL, reader_thread, &t) == 0);
+        CHECK(pthread_create(&w, NULL, writer_thread, &t) == 0);
+        pthread_join(w, NULL);
+        for (int i = 0; i < 3; i++)
+                pthread_join(r[i], NULL);
+        CHECK_INT(t.errors, 0);
+        CHECK(t.reads >= 3 * 1200);
+        printf("# %llu message bodies read and checked by 3 reader threads\n",
+               (unsigned long long)t.reads);
+        acs_store_close(s);
         tmp_done();
 }
 
