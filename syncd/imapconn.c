@@ -695,7 +695,7 @@ static int map_etpan(mailimap *imap, int r, const char *what, char **ret_error)
         }
         switch (r) {
         case MAILIMAP_ERROR_STREAM:
-                set_error(ret_error, "%s: connection lost or timed out", what);
+                set_error(ret_error, "%s: connection closed, reset or timed out", what);
                 return -ECONNRESET;
         case MAILIMAP_ERROR_PARSE:
                 set_error(ret_error, "%s: malformed response from the server", what);
@@ -703,6 +703,12 @@ static int map_etpan(mailimap *imap, int r, const char *what, char **ret_error)
         case MAILIMAP_ERROR_MEMORY:
                 set_error(ret_error, "%s: out of memory", what);
                 return -ENOMEM;
+        case MAILIMAP_ERROR_PROTOCOL: {
+                char text[200];
+                sanitize(text, sizeof(text), imap ? imap->imap_response : NULL);
+                set_error(ret_error, "%s: the server answered BAD or with a wrong tag (%s)", what, text);
+                return -EPROTO;
+        }
         case MAILIMAP_ERROR_DONT_ACCEPT_CONNECTION:
                 set_error(ret_error, "%s: the server refused the connection (BYE)", what);
                 return -ECONNREFUSED;
@@ -827,17 +833,18 @@ int acs_imap_connect(const acs_imap_target *t, mailimap **ret, char **ret_error)
                         goto fail;
                 }
                 r = mailimap_starttls(imap);
-                if (r != MAILIMAP_NO_ERROR) {
-                        r = map_etpan(imap, r, "STARTTLS", ret_error);
-                        goto fail;
-                }
-                /* Anything already read past the tagged OK was sent in plaintext by
-                 * someone and must not be read as if it came over TLS. */
-                if (imap->imap_stream->read_buffer_len > 0) {
+                /* Anything already read past the tagged reply was sent in plaintext by
+                 * someone and must not be read as if it came over TLS. (libetpan itself
+                 * also fails STARTTLS in that case, with a less telling error.) */
+                if (r != MAILIMAP_ERROR_STREAM && imap->imap_stream->read_buffer_len > 0) {
                         set_error(ret_error, "STARTTLS: %zu plaintext bytes followed the server's OK "
                                   "(response injection); aborting",
                                   imap->imap_stream->read_buffer_len);
                         r = -EPROTO;
+                        goto fail;
+                }
+                if (r != MAILIMAP_NO_ERROR) {
+                        r = map_etpan(imap, r, "STARTTLS", ret_error);
                         goto fail;
                 }
                 old = mailstream_get_low(imap->imap_stream);
@@ -1039,6 +1046,13 @@ int acs_imap_login(mailimap *imap, const char *user, const char *password, char 
         if (imap->imap_state != MAILIMAP_STATE_NON_AUTHENTICATED)
                 return -EINVAL;
 
+        if (!imap->imap_connection_info || !imap->imap_connection_info->imap_capability) {
+                struct mailimap_capability_data *caps = NULL;
+                r = mailimap_capability(imap, &caps);
+                if (r != MAILIMAP_NO_ERROR)
+                        return map_etpan(imap, r, "CAPABILITY", ret_error);
+                mailimap_capability_data_free(caps);
+        }
         if (mailimap_has_authentication(imap, "PLAIN"))
                 return authenticate_plain(imap, user, password, ret_error);
 
