@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "acs/maildir.h"
 #include "acs/util.h"
 #include "fs.h"
 
@@ -250,4 +251,24 @@ const fs_node *fs_tree_child(const fs_node *parent, const char *name)
                 if (strcmp(c->name, name) == 0)
                         return c;
         return NULL;
+}
+
+int fs_message_name(acs_store *s, const char *uniq, uint64_t size, uint64_t vsize,
+                    unsigned flags, const char *keywords, char **ret)
+{
+        uint32_t kw = 0;
+
+        if (keywords && *keywords) {
+                _cleanup_free_ char *copy = strdup(keywords);
+                if (!copy)
+                        return -ENOMEM;
+                char *save = NULL;
+                for (char *k = strtok_r(copy, " ", &save); k; k = strtok_r(NULL, " ", &save)) {
+                        int idx;
+                        /* keywords without a letter (more than 26) do not show in names */
+                        if (acs_store_keyword_index(s, k, false, &idx) == 0 && idx >= 0 && idx < 26)
+                                kw |= UINT32_C(1) << idx;
+                }
+        }
+        return acs_mdname_build(uniq, size, vsize, flags & ACS_FLAG_ALL, kw, "", ret);
 }

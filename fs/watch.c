@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "acs/log.h"
@@ -16,6 +17,11 @@
 #include "fs.h"
 
 #define POLL_MS 500 /* fallback poll of the journal when inotify says nothing */
+/*
+ * Every round's notifications are sent once more this much later: a lookup that read the
+ * old state just before a commit may answer the kernel after the first invalidation.
+ */
+#define AGAIN_MS 200
 
 /* One pending kernel notification. */
 typedef struct inval {
@@ -32,7 +38,7 @@ struct fs_watch {
         acs_store *s;
         int64_t last_seq;
 
-        /* invalidations of the current round */
+        /* invalidations sent since the last repeat; repeated at again_at */
         inval *v;
         size_t n, cap;
         bool tree_changed;
@@ -176,13 +182,35 @@ static int diff_trees(fs_watch *w, const fs_tree *old, const fs_tree *cur)
         return 0;
 }
 
+/* Sends entries [from, n): names first, then directories; no lock is held (the kernel may call back). */
+static void inval_send(fs_watch *w, size_t from)
+{
+        fs_ctx *ctx = w->ctx;
+
+        for (size_t i = from; i < w->n; i++)
+                if (w->v[i].name)
+                        fuse_lowlevel_notify_inval_entry(ctx->se, w->v[i].ino, w->v[i].name,
+                                                         strlen(w->v[i].name));
+        for (size_t i = from; i < w->n; i++)
+                if (!w->v[i].name)
+                        fuse_lowlevel_notify_inval_inode(ctx->se, w->v[i].ino, 0, 0);
+}
+
+static int64_t now_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* Reads new journal rows and sends the kernel what they invalidate. */
 static int watch_round(fs_watch *w)
 {
         fs_ctx *ctx = w->ctx;
+        size_t from = w->n;
         int r;
 
-        w->tree_changed = false;
         r = acs_store_changes_since(w->s, w->last_seq, on_change, w);
         if (r < 0)
                 return r;
@@ -191,6 +219,7 @@ static int watch_round(fs_watch *w)
                 r = fs_ctx_reload_tree(ctx, w->s, &old);
                 if (r < 0)
                         return r;
+                w->tree_changed = false; /* else the next round tries again */
                 pthread_rwlock_rdlock(&ctx->tree_lock);
                 r = diff_trees(w, old, ctx->tree);
                 pthread_rwlock_unlock(&ctx->tree_lock);
@@ -198,18 +227,10 @@ static int watch_round(fs_watch *w)
                 if (r < 0)
                         return r;
         }
-        /* names first, then directories; no lock is held while the kernel works */
-        for (size_t i = 0; i < w->n; i++)
-                if (w->v[i].name)
-                        fuse_lowlevel_notify_inval_entry(ctx->se, w->v[i].ino, w->v[i].name,
-                                                         strlen(w->v[i].name));
-        for (size_t i = 0; i < w->n; i++)
-                if (!w->v[i].name)
-                        fuse_lowlevel_notify_inval_inode(ctx->se, w->v[i].ino, 0, 0);
-        if (w->n > 0)
-                acs_log(LOG_DEBUG, "invalidated %zu names/directories up to journal seq %lld", w->n,
+        inval_send(w, from);
+        if (w->n > from)
+                acs_log(LOG_DEBUG, "invalidated %zu names/directories up to journal seq %lld", w->n - from,
                         (long long)w->last_seq);
-        inval_clear(w);
         return 0;
 }
 
@@ -238,6 +259,7 @@ static bool event_is_ours(fs_watch *w)
 static void *watch_main(void *arg)
 {
         fs_watch *w = arg;
+        int64_t again_at = 0; /* 0: nothing to repeat */
         bool failed = false;
 
         for (;;) {
@@ -245,22 +267,34 @@ static void *watch_main(void *arg)
                         { .fd = w->stop_fd, .events = POLLIN },
                         { .fd = w->inotify_fd, .events = POLLIN },
                 };
-                int n = poll(p, w->inotify_fd >= 0 ? 2 : 1, POLL_MS);
+                int timeout = POLL_MS;
+                if (again_at) {
+                        int64_t left = again_at - now_ms();
+                        timeout = left < 0 ? 0 : left < POLL_MS ? (int)left : POLL_MS;
+                }
+                int n = poll(p, w->inotify_fd >= 0 ? 2 : 1, timeout);
                 if (n < 0 && errno != EINTR)
                         break;
-                if (p[0].revents & POLLIN)
+                if (n > 0 && (p[0].revents & POLLIN))
                         break;
+                if (again_at && now_ms() >= again_at) {
+                        inval_send(w, 0);
+                        inval_clear(w);
+                        again_at = 0;
+                }
                 if (n > 0 && (p[1].revents & POLLIN) && !event_is_ours(w))
                         continue;
                 /* on an event or the timeout: anything new in the journal? */
                 int64_t last;
-                if (acs_store_change_last(w->s, &last) < 0 || last == w->last_seq)
+                if (acs_store_change_last(w->s, &last) < 0 || (last == w->last_seq && !w->tree_changed))
                         continue;
                 int r = watch_round(w);
                 if (r < 0 && !failed)
                         acs_log(LOG_ERR, "cannot follow cache changes: %s (%s)", strerror(-r),
                                 acs_store_errmsg(w->s));
                 failed = r < 0;
+                if (w->n > 0)
+                        again_at = now_ms() + AGAIN_MS;
         }
         return NULL;
 }
