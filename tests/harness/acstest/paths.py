@@ -67,6 +67,20 @@ def port_open(port, host='127.0.0.1', timeout=0.2):
         return False
 
 
+def port_listening(port, ip='127.0.0.1'):
+    """True if a TCP socket LISTENs on ip:port (read from /proc/net/tcp; connects nowhere)."""
+    a = ip.split('.')
+    want = ('%02X%02X%02X%02X:%04X' % (int(a[3]), int(a[2]), int(a[1]), int(a[0]), port))
+    any_ = '00000000:%04X' % port
+    with open('/proc/net/tcp') as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if parts[3] == '0A' and parts[1] in (want, any_):
+                return True
+    return False
+
+
 def nobody_can_traverse(path):
     """True if 'other' may search every directory from / down to path (mode o+x)."""
     p = Path(path).resolve()
