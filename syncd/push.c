@@ -16,29 +16,6 @@
 /* Without NOTIFY only the selected mailbox pushes; the others are checked this often. */
 #define POLL_OTHERS_SEC 30
 
-/* Sends "<tag> <command>" and reads the tagged answer; -EREMOTEIO when it is not OK. */
-static int raw_command(syncd *sd, const char *command)
-{
-        mailimap *imap = sd->imap;
-        int r = mailimap_send_current_tag(imap);
-        if (r != MAILIMAP_NO_ERROR)
-                return syncd_etpan_error(r);
-        if (mailstream_write(imap->imap_stream, command, strlen(command)) < 0 ||
-            mailstream_write(imap->imap_stream, "\r\n", 2) < 0)
-                return -ECONNRESET;
-        if (mailstream_flush(imap->imap_stream) == -1)
-                return -ECONNRESET;
-        if (!mailimap_read_line(imap))
-                return -ECONNRESET;
-        struct mailimap_response *resp = NULL;
-        r = mailimap_parse_response(imap, &resp);
-        if (r != MAILIMAP_NO_ERROR)
-                return syncd_etpan_error(r);
-        int type = resp->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state->rsp_type;
-        mailimap_response_free(resp);
-        return type == MAILIMAP_RESP_COND_STATE_OK ? 0 : -EREMOTEIO;
-}
-
 static int ensure_selected(syncd *sd)
 {
         if (sd->selected)
@@ -66,7 +43,7 @@ int syncd_push_loop(syncd *sd)
         if (r < 0)
                 return r;
         if (sd->caps.notify) {
-                r = raw_command(sd, "NOTIFY SET (selected (MessageNew MessageExpunge FlagChange)) "
+                r = syncd_raw_command(sd, "NOTIFY SET (selected (MessageNew MessageExpunge FlagChange)) "
                                     "(personal (MessageNew MessageExpunge FlagChange MailboxName "
                                     "SubscriptionChange))");
                 if (r == 0)

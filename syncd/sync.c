@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* acs-syncd's read direction: mailbox list, full and incremental sync of each mailbox into the store. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,48 @@ int syncd_etpan_error(int r)
         default:
                 return -EREMOTEIO;
         }
+}
+
+int syncd_raw_command(syncd *sd, const char *command)
+{
+        mailimap *imap = sd->imap;
+        int r = mailimap_send_current_tag(imap);
+        if (r != MAILIMAP_NO_ERROR)
+                return syncd_etpan_error(r);
+        if (mailstream_write(imap->imap_stream, command, strlen(command)) < 0 ||
+            mailstream_write(imap->imap_stream, "\r\n", 2) < 0 || mailstream_flush(imap->imap_stream) == -1)
+                return -ECONNRESET;
+        if (!mailimap_read_line(imap))
+                return -ECONNRESET;
+        struct mailimap_response *resp = NULL;
+        r = mailimap_parse_response(imap, &resp);
+        if (r != MAILIMAP_NO_ERROR)
+                return syncd_etpan_error(r);
+        int type = resp->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state->rsp_type;
+        mailimap_response_free(resp);
+        return type == MAILIMAP_RESP_COND_STATE_OK ? 0 : -EREMOTEIO;
+}
+
+/* "name" with \ and " escaped; NULL when the name cannot be sent as a quoted string. */
+static char *imap_quote(const char *s)
+{
+        size_t n = strlen(s);
+        char *q = malloc(2 * n + 3), *p = q;
+        if (!q)
+                return NULL;
+        *p++ = '"';
+        for (; *s; s++) {
+                if (*s == '\r' || *s == '\n') {
+                        free(q);
+                        return NULL;
+                }
+                if (*s == '"' || *s == '\\')
+                        *p++ = '\\';
+                *p++ = *s;
+        }
+        *p++ = '"';
+        *p = 0;
+        return q;
 }
 
 /* ---- small helpers ---- */
@@ -873,40 +916,29 @@ static int collect_fetch_list(clist *fetch_result, srvlist *ret)
         return 0;
 }
 
-static int vanished_to_uids(struct mailimap_set *set, uint32_t **ret, size_t *ret_n)
+/* Appends the ranges of a VANISHED set as (first, last) pairs to *ranges (2 * *n entries). */
+static int vanished_ranges(struct mailimap_set *set, uint32_t **ranges, size_t *n)
 {
-        size_t n = 0, cap = 0;
-        uint32_t *v = NULL;
-        if (set && set->set_list) {
-                for (clistiter *it = clist_begin(set->set_list); it; it = clist_next(it)) {
-                        struct mailimap_set_item *si = clist_content(it);
-                        uint32_t a = si->set_first, b = si->set_last;
-                        if (a > b) {
-                                uint32_t t = a;
-                                a = b;
-                                b = t;
-                        }
-                        if (a == 0)
-                                return -EPROTO;
-                        /* bound: a hostile "1:4294967295" must not make us allocate 16 GB */
-                        if ((uint64_t)b - a > 10000000)
-                                return -EPROTO;
-                        for (uint64_t u = a; u <= b; u++) {
-                                if (n == cap) {
-                                        cap = cap ? cap * 2 : 64;
-                                        uint32_t *nv = realloc(v, cap * sizeof(*v));
-                                        if (!nv) {
-                                                free(v);
-                                                return -ENOMEM;
-                                        }
-                                        v = nv;
-                                }
-                                v[n++] = (uint32_t)u;
-                        }
+        if (!set || !set->set_list)
+                return 0;
+        for (clistiter *it = clist_begin(set->set_list); it; it = clist_next(it)) {
+                struct mailimap_set_item *si = clist_content(it);
+                uint32_t a = si->set_first, b = si->set_last;
+                if (a > b) {
+                        uint32_t t = a;
+                        a = b;
+                        b = t;
                 }
+                if (a == 0)
+                        return -EPROTO;
+                uint32_t *v = realloc(*ranges, (*n + 1) * 2 * sizeof(*v));
+                if (!v)
+                        return -ENOMEM;
+                v[2 * *n] = a;
+                v[2 * *n + 1] = b;
+                *ranges = v;
+                (*n)++;
         }
-        *ret = v;
-        *ret_n = n;
         return 0;
 }
 
@@ -915,21 +947,53 @@ static int sync_qresync(mbsync *ms, bool *ret_uidvalidity_changed)
 {
         syncd *sd = ms->sd;
         clist *fetch_result = NULL;
-        struct mailimap_qresync_vanished *vanished = NULL;
         uint64_t modseq = 0;
         srvlist changed = {0};
-        uint32_t *gone = NULL;
+        uint32_t *gone = NULL; /* (first, last) pairs */
         size_t ngone = 0;
 
-        int r = mailimap_select_qresync(sd->imap, ms->srvname, ms->mb.uidvalidity, ms->mb.highestmodseq,
-                                        NULL, NULL, NULL, &fetch_result, &vanished, &modseq);
-        sd->selected = acs_free(sd->selected);
-        if (r != MAILIMAP_NO_ERROR) {
-                if (fetch_result)
-                        mailimap_fetch_list_free(fetch_result);
-                if (vanished)
-                        mailimap_qresync_vanished_free(vanished);
-                return syncd_etpan_error(r);
+        /*
+         * libetpan 1.9.4's mailimap_select_qresync() sends "SELECT mb QRESYNC (...)" without
+         * the parentheses RFC 7162 requires, which Dovecot ignores; send it ourselves.
+         */
+        int r;
+        {
+                _cleanup_free_ char *q = imap_quote(ms->srvname);
+                char *cmd = NULL;
+                if (!q || asprintf(&cmd, "SELECT %s (QRESYNC (%" PRIu32 " %" PRIu64 "))", q,
+                                   ms->mb.uidvalidity, ms->mb.highestmodseq) < 0)
+                        return -ENOMEM;
+                mailimap *imap = sd->imap;
+                if (imap->imap_selection_info)
+                        mailimap_selection_info_free(imap->imap_selection_info);
+                imap->imap_selection_info = mailimap_selection_info_new();
+                sd->selected = acs_free(sd->selected);
+                r = syncd_raw_command(sd, cmd);
+                free(cmd);
+                if (r < 0) {
+                        if (r == -EREMOTEIO)
+                                imap->imap_state = MAILIMAP_STATE_AUTHENTICATED;
+                        return r;
+                }
+                imap->imap_state = MAILIMAP_STATE_SELECTED;
+                struct mailimap_response_info *ri = imap->imap_response_info;
+                fetch_result = ri->rsp_fetch_list;
+                ri->rsp_fetch_list = NULL;
+                for (clistiter *it = clist_begin(ri->rsp_extension_list); it; it = clist_next(it)) {
+                        struct mailimap_extension_data *ed = clist_content(it);
+                        if (ed->ext_extension == &mailimap_extension_qresync &&
+                            ed->ext_type == MAILIMAP_QRESYNC_TYPE_VANISHED && ed->ext_data) {
+                                struct mailimap_qresync_vanished *v = ed->ext_data;
+                                r = vanished_ranges(v->qr_known_uids, &gone, &ngone);
+                                if (r < 0)
+                                        goto out;
+                        } else if (ed->ext_extension == &mailimap_extension_condstore &&
+                                   ed->ext_type == MAILIMAP_CONDSTORE_TYPE_RESP_TEXT_CODE && ed->ext_data) {
+                                struct mailimap_condstore_resptextcode *tc = ed->ext_data;
+                                if (tc->cs_type == MAILIMAP_CONDSTORE_RESPTEXTCODE_HIGHESTMODSEQ)
+                                        modseq = tc->cs_data.cs_modseq_value;
+                        }
+                }
         }
         sd->selected = strdup(ms->srvname);
         selection(ms);
@@ -939,8 +1003,6 @@ static int sync_qresync(mbsync *ms, bool *ret_uidvalidity_changed)
                 goto out;
 
         r = collect_fetch_list(fetch_result, &changed);
-        if (r == 0 && vanished)
-                r = vanished_to_uids(vanished->qr_known_uids, &gone, &ngone);
         if (r < 0)
                 goto out;
 
@@ -948,11 +1010,18 @@ static int sync_qresync(mbsync *ms, bool *ret_uidvalidity_changed)
         r = acs_store_begin(st, false);
         if (r < 0)
                 goto out;
-        for (size_t i = 0; i < ngone; i++) {
-                r = acs_store_message_delete_uid(st, ms->mb.id, gone[i]);
-                if (r < 0 && r != -ENOENT)
-                        goto fail;
-                r = 0;
+        /* Ranges may be huge ("1:4294967295"); walk what we have instead of what they span. */
+        for (size_t i = 0; i < ms->local.n && ngone; i++) {
+                uint32_t uid = ms->local.v[i].uid;
+                for (size_t k = 0; k < ngone; k++) {
+                        if (uid < gone[2 * k] || uid > gone[2 * k + 1])
+                                continue;
+                        r = acs_store_message_delete(st, ms->local.v[i].id);
+                        if (r < 0 && r != -ENOENT)
+                                goto fail;
+                        r = 0;
+                        break;
+                }
         }
         r = apply_changes(ms, &changed);
         if (r < 0)
@@ -976,8 +1045,6 @@ out:
         srvlist_free(&changed);
         if (fetch_result)
                 mailimap_fetch_list_free(fetch_result);
-        if (vanished)
-                mailimap_qresync_vanished_free(vanished);
         return r;
 }
 

@@ -49,6 +49,13 @@ extern volatile sig_atomic_t syncd_stop;
 /* Maps a libetpan status to -errno: stream -> -ECONNRESET, parse -> -EPROTO, NO/BAD -> -EREMOTEIO. */
 int syncd_etpan_error(int r);
 
+/*
+ * Sends "<tag> <command>" (command without CRLF; the caller quotes what needs quoting) and
+ * parses the whole response; untagged data stay in sd->imap->imap_response_info until the
+ * next command. Returns 0 on OK, -EREMOTEIO on NO/BAD, -errno on connection errors.
+ */
+int syncd_raw_command(syncd *sd, const char *command);
+
 /* ---- sync.c ---- */
 /*
  * Reads the mailbox list (LIST, LSUB), follows creations, renames and deletions into the

@@ -178,8 +178,13 @@ def vsize_of(lfbody):
     return len(lfbody) + lfbody.count(b'\n') - lfbody.count(b'\r\n')
 
 
-def assert_cache_equals_server(db, client, bodies=True):
-    """Every folder, message, body (CRLF->LF), flag, keyword and INTERNALDATE equal."""
+def assert_cache_equals_server(db, client, bodies=True, fresh=False):
+    """Every folder, message, body (CRLF->LF), flag, keyword and INTERNALDATE equal.
+
+    \\Seen messages must be in cur/ (state not NEW); with fresh (a cache filled from scratch)
+    every unseen message must also be in new/. (Clearing \\Seen later does not move a
+    message back to new/, as in any Maildir.)
+    """
     srv = server_state(client, bodies=bodies)
     cache = cache_state(db, bodies=bodies)
     assert set(cache) == set(srv), f'folders differ: cache-only {set(cache) - set(srv)}, ' \
@@ -202,7 +207,7 @@ def assert_cache_equals_server(db, client, bodies=True):
                 problems.append(f'{folder} uid {uid}: internaldate {s[2]} != cache {c[2]}')
             row = c[4]
             want_new = '\\Seen' not in s[1]
-            if bool(row['state'] & MSG_NEW) != want_new:
+            if (row['state'] & MSG_NEW and not want_new) or (fresh and want_new and not row['state'] & MSG_NEW):
                 problems.append(f'{folder} uid {uid}: state {row["state"]} but \\Seen is {not want_new}')
             if bodies:
                 want = lf(s[3])

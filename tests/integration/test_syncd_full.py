@@ -27,7 +27,7 @@ def test_full_sync_matches_server(dovecot, tmp_path):
     r, ev = run_once(dovecot, db)
     c = dovecot.client('user1')
     try:
-        srv = assert_cache_equals_server(db, c)
+        srv = assert_cache_equals_server(db, c, fresh=True)
     finally:
         c.logout()
     # the corpus itself arrived (not just "both empty")
@@ -57,7 +57,7 @@ def test_keywords_unicode_names_and_empty_body(dovecot, tmp_path):
                  b'Subject: bare\r\n\r\nline with bare \r cr\nand bare lf\r\n')
         db = tmp_path / 'cache.db'
         run_once(dovecot, db)
-        assert_cache_equals_server(db, c)
+        assert_cache_equals_server(db, c, fresh=True)
     finally:
         c.logout()
     st = cache_state(db)
@@ -116,7 +116,7 @@ def test_big_message_one_copy(dovecot, tmp_path):
     rss_kb = int([l for l in r.stderr.splitlines() if l.startswith('MAXRSS')][-1].split()[1])
     c = dovecot.client('user1')
     try:
-        assert_cache_equals_server(db, c)
+        assert_cache_equals_server(db, c, fresh=True)
     finally:
         c.logout()
     # one copy of the message plus a bounded working set (the target: 64 MB + largest)
@@ -186,7 +186,7 @@ def test_sigterm_mid_sync_then_resume(dovecot, tmp_path):
     run_once(dovecot, db)
     c = dovecot.client('user1')
     try:
-        srv = assert_cache_equals_server(db, c)
+        srv = assert_cache_equals_server(db, c, fresh=True)
     finally:
         c.logout()
     assert sum(len(v) for v in srv.values()) == 3000
