@@ -570,6 +570,15 @@ int acs_store_begin(acs_store *s, bool durable)
         return 0;
 }
 
+/*
+ * True when SQLite rolled back the open transaction on its own (after SQLITE_FULL,
+ * SQLITE_IOERR, SQLITE_NOMEM...): further writes must not silently autocommit.
+ */
+static bool tx_lost(acs_store *s)
+{
+        return s->in_tx && sqlite3_get_autocommit(s->db);
+}
+
 static void tx_ended(acs_store *s)
 {
         bool durable = s->durable;
@@ -586,6 +595,10 @@ int acs_store_commit(acs_store *s)
 
         if (!s->in_tx)
                 return own_fail(s, -EINVAL, "no transaction is open on this handle");
+        if (tx_lost(s)) {
+                tx_ended(s);
+                return own_fail(s, -EIO, "the transaction was rolled back by an earlier error");
+        }
         r = run(s, ST_COMMIT);
         if (r < 0) {
                 /* SQLITE_BUSY on COMMIT leaves the transaction open: the caller may
@@ -625,6 +638,8 @@ static int w_begin(acs_store *s, bool *ret_own_tx)
                 *ret_own_tx = true;
                 return 0;
         }
+        if (tx_lost(s))
+                return own_fail(s, -EIO, "the transaction was rolled back by an earlier error");
         r = run(s, ST_SAVEPOINT);
         if (r < 0)
                 return r;
@@ -1794,6 +1809,8 @@ int acs_store_body_write(acs_store *s, int64_t id, uint64_t offset, const void *
                 return own_fail(s, -EROFS, "the store was opened read-only");
         if (!s->in_tx)
                 return own_fail(s, -EINVAL, "body_write must run inside a transaction");
+        if (tx_lost(s))
+                return own_fail(s, -EIO, "the transaction was rolled back by an earlier error");
         if (!s->blob || s->blob_id != id || !s->blob_rw) {
                 /* Once per stream: a finished body is immutable (copies share it). */
                 _cleanup_q_ struct q q = { 0 };

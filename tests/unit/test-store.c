@@ -1569,6 +1569,7 @@ struct cfile {
 
 static sqlite3_vfs *real_vfs;
 static int sync_count;
+static int fail_writes; /* when set, writes fail with SQLITE_FULL */
 
 #define REAL(f) (((struct cfile *)(f))->real)
 static int c_close(sqlite3_file *f)
@@ -1579,7 +1580,10 @@ static int c_close(sqlite3_file *f)
         return rc;
 }
 static int c_read(sqlite3_file *f, void *b, int n, sqlite3_int64 o) { return REAL(f)->pMethods->xRead(REAL(f), b, n, o); }
-static int c_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o) { return REAL(f)->pMethods->xWrite(REAL(f), b, n, o); }
+static int c_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o)
+{
+        return fail_writes ? SQLITE_FULL : REAL(f)->pMethods->xWrite(REAL(f), b, n, o);
+}
 static int c_truncate(sqlite3_file *f, sqlite3_int64 n) { return REAL(f)->pMethods->xTruncate(REAL(f), n); }
 static int c_sync(sqlite3_file *f, int flags) { sync_count++; return REAL(f)->pMethods->xSync(REAL(f), flags); }
 static int c_size(sqlite3_file *f, sqlite3_int64 *n) { return REAL(f)->pMethods->xFileSize(REAL(f), n); }
@@ -1676,6 +1680,53 @@ TEST(durable_commits_sync)
         acs_store_close(s);
         sqlite3_vfs_register(real_vfs, 1);
         sqlite3_vfs_unregister(&counting);
+        tmp_done();
+}
+
+/* A disk-full error in the middle of a transaction: SQLite rolls it back on its own; the
+ * store must then refuse further writes and the commit instead of autocommitting them. */
+TEST(disk_full_mid_transaction)
+{
+        static sqlite3_vfs failing;
+        const size_t big = 8 << 20; /* larger than the page cache: spills to the WAL */
+        unsigned char *data = malloc(big);
+        acs_store *s;
+        int64_t id = 0;
+        char *v = NULL;
+        int r;
+
+        tmp_init();
+        fill_random(data, big, 3);
+        real_vfs = sqlite3_vfs_find(NULL);
+        failing = *real_vfs;
+        failing.zName = "acs-test-failing";
+        failing.szOsFile = (int)sizeof(struct cfile);
+        failing.xOpen = c_open;
+        CHECK(sqlite3_vfs_register(&failing, 1) == SQLITE_OK);
+
+        s = open_new("full.db");
+        CHECK_INT(acs_store_begin(s, false), 0);
+        CHECK_INT(acs_store_meta_set(s, "before", "1"), 0);
+        fail_writes = 1;
+        r = acs_store_body_put(s, data, big, &id);
+        fail_writes = 0;
+        printf("# body_put with writes failing: %d (%s)\n", r, acs_store_errmsg(s));
+        CHECK_INT(r, -ENOSPC);
+        /* SQLite rolled the whole transaction back (the page cache spill failed): the
+         * store refuses to go on as if it were still open, nothing autocommits */
+        CHECK_INT(acs_store_meta_set(s, "after", "1"), -EIO);
+        CHECK_INT(acs_store_body_write(s, 1, 0, "x", 1), -EIO);
+        CHECK_INT(acs_store_commit(s), -EIO);
+        CHECK_INT(acs_store_meta_get(s, "before", &v), -ENOENT);
+        CHECK_INT(acs_store_meta_get(s, "after", &v), -ENOENT);
+        /* the handle is usable again */
+        CHECK_INT(acs_store_begin(s, false), 0);
+        CHECK_INT(acs_store_meta_set(s, "later", "1"), 0);
+        CHECK_INT(acs_store_commit(s), 0);
+        acs_store_close(s);
+        sqlite3_vfs_register(real_vfs, 1);
+        sqlite3_vfs_unregister(&failing);
+        free(data);
         tmp_done();
 }
 
