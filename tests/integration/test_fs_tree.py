@@ -52,10 +52,12 @@ def env():
         e.root = Path(e.mount.mountpoint)
         yield e
     finally:
-        if hasattr(e, 'mount'):
-            e.mount.stop()
-        e.dovecot.stop()
-        shutil.rmtree(e.base, ignore_errors=True)
+        try:
+            if hasattr(e, 'mount'):
+                e.mount.stop_clean()
+        finally:
+            e.dovecot.stop()
+            shutil.rmtree(e.base, ignore_errors=True)
 
 
 def total(state):
@@ -362,20 +364,29 @@ def test_dovecot_over_the_tree_serves_the_same_mail(env):
             assert wait_for(lambda: paths.port_open(port), 10), 'second Dovecot did not listen'
             c = imaplib.IMAP4('127.0.0.1', port)
             c.login(USER, 'secret')
-            for folder, msgs in env.state.items():
-                typ, data = c.select('"' + mutf7.encode(folder) + '"', readonly=True)
-                assert typ == 'OK', f'{folder}: {data}'
-                assert int(data[0]) == len(msgs), f'{folder}: Dovecot over the tree counts {data[0]}'
-                want = sorted(body for _, _, _, body in msgs)
-                got = []
-                if msgs:
-                    typ, data = c.fetch('1:*', '(BODY.PEEK[])')
-                    assert typ == 'OK'
-                    got = sorted(part[1] for part in data if isinstance(part, tuple))
-                assert got == want, f'{folder}: bodies differ'
+            log_file = d / 'dovecot.log'
+            # EXAMINE first (a reader), then SELECT (Dovecot then tries to move new/ mail to cur/)
+            for readonly in (True, False):
+                for folder, msgs in env.state.items():
+                    typ, data = c.select('"' + mutf7.encode(folder) + '"', readonly=readonly)
+                    assert typ == 'OK', f'{folder}: {data}'
+                    assert int(data[0]) == len(msgs), f'{folder}: Dovecot over the tree counts {data[0]}'
+                    want = sorted(body for _, _, _, body in msgs)
+                    got = []
+                    if msgs:
+                        typ, data = c.fetch('1:*', '(BODY.PEEK[])')
+                        assert typ == 'OK'
+                        got = sorted(part[1] for part in data if isinstance(part, tuple))
+                    assert got == want, f'{folder}: bodies differ'
+                errors = [line for line in log_file.read_text(errors='replace').splitlines() if 'Error' in line]
+                if readonly:
+                    assert not errors, '\n'.join(errors[:20])
+                else:
+                    # the tree is read-only in this issue: the only errors allowed are the refused
+                    # new/ -> cur/ renames (EROFS); Dovecot carries on and serves everything
+                    other = [e for e in errors if not ('rename(' in e and 'Read-only file system' in e)]
+                    assert not other, '\n'.join(other[:20])
             c.logout()
-            log = (d / 'dovecot.log').read_text(errors='replace')
-            assert 'Error' not in log, log[-3000:]
         finally:
             pidf = d / 'run' / 'master.pid'
             if pidf.exists():
