@@ -114,6 +114,11 @@ TEST(good_commands)
                 _cleanup_proto_cmd_ acs_proto_cmd c2;
                 CHECK_INT(acs_proto_parse_cmd(out, len, &c2, NULL, NULL), 0);
                 CHECK(memcmp(&c, &c2, sizeof(c)) == 0);
+                /* every buffer too small by any amount is refused, never overrun */
+                char small[ACS_PROTO_LINE_MAX + 1];
+                size_t l2;
+                for (size_t sz = 0; sz <= len; sz++)
+                        CHECK_INT(acs_proto_format_cmd(&c, small, sz, &l2), -EMSGSIZE);
         }
 }
 
@@ -334,6 +339,8 @@ TEST(format_refuses)
         CHECK_INT(acs_proto_format_cmd(&c, out, 10, &len), 0);
         strcpy(c.user, "a/b"), c.user_len = 3;
         CHECK_INT(acs_proto_format_cmd(&c, out, sizeof(out), &len), -EINVAL);
+        c.user[0] = 0, c.user_len = 0;
+        CHECK_INT(acs_proto_format_cmd(&c, out, sizeof(out), &len), -EINVAL); /* empty user */
         memset(&c, 0, sizeof(c));
         c.type = ACS_CMD_CLOSE, c.has_user = true, strcpy(c.user, "u"), c.user_len = 1;
         CHECK_INT(acs_proto_format_cmd(&c, out, sizeof(out), &len), -EINVAL);
@@ -345,6 +352,8 @@ TEST(format_refuses)
         c.type = ACS_CMD_SYNC;
         CHECK_INT(acs_proto_format_cmd(&c, out, sizeof(out), &len), 0);
         CHECK_STR(out, "SYNC u INBOX\n");
+        c.mailbox_len = 0, c.mailbox[0] = 0;
+        CHECK_INT(acs_proto_format_cmd(&c, out, sizeof(out), &len), -EINVAL); /* empty mailbox */
 }
 
 TEST(names)
@@ -379,6 +388,12 @@ TEST(pct_codec)
         CHECK_INT(acs_proto_pct_decode("abcd", 4, buf, 4, &len, &why), -EMSGSIZE);
         CHECK_INT(acs_proto_pct_decode("abcd", 4, buf, 5, &len, &why), 0);
         CHECK_INT(acs_proto_pct_decode("", 0, buf, 1, &len, &why), 0);
+        CHECK_INT(acs_proto_pct_decode("a b", 3, buf, sizeof(buf), &len, &why), -EINVAL);
+        CHECK_INT(acs_proto_pct_decode("a\x80", 2, buf, sizeof(buf), &len, &why), -EINVAL);
+        CHECK_INT(acs_proto_pct_decode("a\x7f", 2, buf, sizeof(buf), &len, &why), -EINVAL);
+        CHECK_INT(acs_proto_pct_decode("%4", 2, buf, sizeof(buf), &len, &why), -EINVAL);
+        CHECK_INT(acs_proto_pct_encode("", 0, buf, 0, &len), -EMSGSIZE);
+        CHECK(!acs_proto_utf8_valid("\xc3\x28", 2));
         CHECK_INT(len, 0);
         /* every byte 1..255 encodes and decodes back */
         char all[255], enc[3 * 255 + 1], dec[256];
@@ -511,6 +526,11 @@ TEST(reply_builder_errors_sticky)
         CHECK_INT(acs_proto_format_reply(&r, out, sizeof(out), &len), 0); /* 11 + 4020 + 1 */
         CHECK_INT(len, 11 + 3 * 1340 + 1);
         CHECK_INT(acs_proto_format_reply(&r, out, 100, &len), -EMSGSIZE);
+        /* the line limit holds even when the caller's buffer is bigger */
+        static char big_out[3 * ACS_PROTO_LINE_MAX];
+        CHECK_INT(acs_proto_reply_init(&r, ACS_REPLY_DATA, ACS_CMD_WHO, NULL), 0);
+        CHECK_INT(acs_proto_reply_add(&r, "a", val, 1400), 0);
+        CHECK_INT(acs_proto_format_reply(&r, big_out, sizeof(big_out), &len), -EMSGSIZE);
         /* the decoded buffer bound */
         CHECK_INT(acs_proto_reply_init(&r, ACS_REPLY_DATA, ACS_CMD_WHO, NULL), 0);
         static char huge[ACS_PROTO_LINE_MAX];
@@ -592,7 +612,36 @@ TEST(bad_replies)
                 CHECK_INT(acs_proto_format_reply(&r, out, sizeof(out), &len), 0);
                 CHECK_INT(acs_proto_parse_reply(out, len, &r2, &why), 0);
                 CHECK(memcmp(&r, &r2, sizeof(r)) == 0);
+                char small[ACS_PROTO_LINE_MAX + 1];
+                size_t l2;
+                for (size_t sz = 0; sz <= len; sz++)
+                        CHECK_INT(acs_proto_format_reply(&r, small, sz, &l2), -EMSGSIZE);
+                CHECK_INT(acs_proto_format_reply(&r, small, len + 1, &l2), 0);
         }
+        /* structs that are not replies */
+        memset(&r, 0, sizeof(r));
+        char o[64];
+        size_t ol;
+        CHECK_INT(acs_proto_format_reply(&r, o, sizeof(o), &ol), -EINVAL);
+        r.type = ACS_REPLY_EVENT;
+        CHECK_INT(acs_proto_format_reply(&r, o, sizeof(o), &ol), -EINVAL); /* no kind */
+        r.type = ACS_REPLY_ERR, r.err = ACS_ERR_AUTH;
+        CHECK_INT(acs_proto_format_reply(&r, o, sizeof(o), &ol), -EINVAL); /* no text */
+        r.type = ACS_REPLY_OK, r.cmd = 99;
+        CHECK_INT(acs_proto_format_reply(&r, o, sizeof(o), &ol), -EINVAL);
+        r.cmd = ACS_CMD_WHO, r.n_kv = 1, r.kv[0].key_off = 0, r.kv[0].key_len = 1, r.buf[0] = 'A';
+        CHECK_INT(acs_proto_format_reply(&r, o, sizeof(o), &ol), -EINVAL); /* bad key */
+        r.kv[0].key_off = 5000;
+        CHECK_INT(acs_proto_format_reply(&r, o, sizeof(o), &ol), -EINVAL); /* out of buf */
+        r.n_kv = 17;
+        CHECK_INT(acs_proto_format_reply(&r, o, sizeof(o), &ol), -EINVAL);
+        CHECK(acs_proto_reply_value(&r, 17, NULL) == NULL);
+        memset(&r, 0, sizeof(r));
+        r.type = ACS_REPLY_ERR, r.err = ACS_ERR_AUTH, strcpy(r.text, "caf\xc3\xa9");
+        CHECK_INT(acs_proto_format_reply(&r, o, sizeof(o), &ol), -EINVAL); /* text not ASCII */
+        memset(&r, 0, sizeof(r));
+        r.type = ACS_REPLY_EVENT, strcpy(r.kind, "a-b");
+        CHECK_INT(acs_proto_format_reply(&r, o, sizeof(o), &ol), -EINVAL); /* bad kind */
         CHECK_STR(acs_proto_reply_get(&r, "a", NULL) ? "?" : "none", "none");
 }
 

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <stdbool.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -461,6 +462,33 @@ TEST(replay_and_order)
         world_done(&w);
 }
 
+/* A peer whose X25519 key is of low order (all zero) gets no boxed messages either way. */
+TEST(low_order_peer_key)
+{
+        struct world w;
+        world_init(&w);
+        acs_wire_pub bad;
+        raw_pub(&w.c1, &bad);
+        memset(bad.box_pk, 0, sizeof(bad.box_pk));
+        CHECK_INT(acs_wire_add_peer(w.acsd, 1, &bad), 0);
+        uint8_t *m = NULL;
+        size_t len = 0;
+        CHECK_INT(acs_wire_seal(w.acsd, 1, ACS_WIRE_P_CRED, "pw", 2, &m, &len), -EINVAL);
+        CHECK(m == NULL);
+        /* signed messages from it still verify with its signing key */
+        CHECK_INT(acs_wire_seal(w.child1, 0, ACS_WIRE_P_STATUS, "s", 1, &m, &len), 0);
+        expect_accept(w.acsd, m, len, "signed from peer with bad box key");
+        free(m);
+        acs_wire_pub a;
+        raw_pub(&w.a, &a);
+        memset(a.box_pk, 0, sizeof(a.box_pk));
+        CHECK_INT(acs_wire_add_peer(w.child1, 0, &a), 0);
+        static uint8_t raw[256];
+        len = build_raw(raw, 1, 2, ACS_WIRE_P_CRED, 0, 1, 5, "pw", 2, NULL, w.a.box_sk, w.c1.box_pk);
+        expect_reject(w.child1, raw, len, ALL, -EKEYREJECTED, "boxed from a low-order key");
+        world_done(&w);
+}
+
 TEST(many_peers)
 {
         CHECK_INT(acs_wire_init(), 0);
@@ -531,6 +559,106 @@ TEST(handover_pipe_and_socket)
                 free(m);
                 acs_wire_free(child);
         }
+}
+
+static int write_msg(int fd, const uint8_t *m, size_t len)
+{
+        uint32_t n = (uint32_t)len;
+        return write(fd, &n, 4) == 4 && write(fd, m, len) == (ssize_t)len ? 0 : -EIO;
+}
+
+static int read_msg(int fd, uint8_t *buf, size_t cap, size_t *ret_len)
+{
+        uint32_t n;
+        if (read(fd, &n, 4) != 4 || n > cap)
+                return -EIO;
+        size_t got = 0;
+        while (got < n) {
+                ssize_t k = read(fd, buf + got, n - got);
+                if (k <= 0)
+                        return -EIO;
+                got += (size_t)k;
+        }
+        *ret_len = n;
+        return 0;
+}
+
+/* The real shape: a forked child gets its keys through an inherited pipe, then both talk. */
+TEST(handover_to_forked_child)
+{
+        CHECK_INT(acs_wire_init(), 0);
+        acs_wire_keys *acsd_keys = NULL, *child_keys = NULL;
+        CHECK_INT(acs_wire_keys_new(&acsd_keys), 0);
+        CHECK_INT(acs_wire_keys_new(&child_keys), 0);
+        acs_wire_pub acsd_pub, child_pub;
+        acs_wire_keys_public(acsd_keys, &acsd_pub);
+        acs_wire_keys_public(child_keys, &child_pub);
+        int keyp[2], up[2], down[2];
+        CHECK_INT(pipe2(keyp, O_CLOEXEC), 0);
+        CHECK_INT(pipe2(up, O_CLOEXEC), 0);
+        CHECK_INT(pipe2(down, O_CLOEXEC), 0);
+        pid_t pid = fork();
+        if (pid == 0) {
+                close(keyp[1]), close(up[0]), close(down[1]);
+                acs_wire_keys_free(acsd_keys);
+                acs_wire_keys_free(child_keys); /* the child knows nothing but the pipe */
+                uint32_t id;
+                acs_wire_keys *k = NULL;
+                acs_wire_pub ap;
+                if (acs_wire_handover_read(keyp[0], &id, &k, &ap) != 0)
+                        _exit(10);
+                close(keyp[0]);
+                acs_wire *me = NULL;
+                if (acs_wire_new(id, &k, &me) != 0 || acs_wire_add_peer(me, 0, &ap) != 0)
+                        _exit(11);
+                uint8_t *m;
+                size_t len;
+                if (acs_wire_seal(me, 0, ACS_WIRE_P_CRED_REQUEST, NULL, 0, &m, &len) != 0 ||
+                    write_msg(up[1], m, len) != 0)
+                        _exit(12);
+                free(m);
+                static uint8_t in[ACS_WIRE_MSG_MAX];
+                acs_wire_msg msg;
+                if (read_msg(down[0], in, sizeof(in), &len) != 0 ||
+                    acs_wire_open(me, in, len, ACS_WIRE_MASK(ACS_WIRE_P_CRED), &msg, NULL) != 0)
+                        _exit(13);
+                char reply[64];
+                snprintf(reply, sizeof(reply), "ok %zu %s", msg.len, (char *)msg.payload);
+                acs_wire_msg_clear(&msg);
+                if (acs_wire_seal(me, 0, ACS_WIRE_P_LOGIN_RESULT, reply, strlen(reply), &m, &len) != 0 ||
+                    write_msg(up[1], m, len) != 0)
+                        _exit(14);
+                free(m);
+                acs_wire_free(me);
+                _exit(0);
+        }
+        close(keyp[0]), close(up[1]), close(down[0]);
+        CHECK_INT(acs_wire_handover_write(keyp[1], 7, child_keys, &acsd_pub), 0);
+        close(keyp[1]);
+        child_keys = acs_wire_keys_free(child_keys); /* acsd forgets the child's secrets */
+        acs_wire *acsd = NULL;
+        CHECK_INT(acs_wire_new(0, &acsd_keys, &acsd), 0);
+        CHECK_INT(acs_wire_add_peer(acsd, 7, &child_pub), 0);
+        static uint8_t in[ACS_WIRE_MSG_MAX];
+        size_t len;
+        acs_wire_msg msg;
+        CHECK_INT(read_msg(up[0], in, sizeof(in), &len), 0);
+        CHECK_INT(acs_wire_open(acsd, in, len, ACS_WIRE_MASK(ACS_WIRE_P_CRED_REQUEST), &msg, NULL), 0);
+        CHECK_INT(msg.sender, 7);
+        acs_wire_msg_clear(&msg);
+        uint8_t *m;
+        CHECK_INT(acs_wire_seal(acsd, 7, ACS_WIRE_P_CRED, "pass1", 5, &m, &len), 0);
+        CHECK_INT(write_msg(down[1], m, len), 0);
+        free(m);
+        CHECK_INT(read_msg(up[0], in, sizeof(in), &len), 0);
+        CHECK_INT(acs_wire_open(acsd, in, len, ACS_WIRE_MASK(ACS_WIRE_P_LOGIN_RESULT), &msg, NULL), 0);
+        CHECK_STR((char *)msg.payload, "ok 5 pass1");
+        acs_wire_msg_clear(&msg);
+        int st = 0;
+        CHECK_INT(waitpid(pid, &st, 0), pid);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        close(up[0]), close(down[1]);
+        acs_wire_free(acsd);
 }
 
 TEST(handover_rejects)
