@@ -85,6 +85,7 @@ struct guard {
         enum guard_state state;
         uint64_t number;         /* literal size being read, saturating */
         bool digits;
+        bool negative;           /* "{-N}": libetpan reads a literal of 0 bytes */
         uint64_t literal_left;
         uint64_t line_len;
         bool tripped;
@@ -176,6 +177,7 @@ static bool guard_scan(struct guard *g, const unsigned char *p, size_t n)
                                 g->state = G_BRACE;
                                 g->number = 0;
                                 g->digits = false;
+                                g->negative = false;
                         }
                         i++;
                         break;
@@ -192,6 +194,7 @@ static bool guard_scan(struct guard *g, const unsigned char *p, size_t n)
                         break;
                 case G_BRACE:
                         if (c == '-') { /* libetpan reads "{-N}" as a literal of 0 */
+                                g->negative = true;
                                 g->state = G_DIGITS;
                                 i++;
                                 break;
@@ -209,6 +212,8 @@ static bool guard_scan(struct guard *g, const unsigned char *p, size_t n)
                         } else if (c == '}' && g->digits) {
                                 /* Checked here, whatever follows: libetpan also takes
                                  * "{N}" followed by spaces (a Lotus workaround). */
+                                if (g->negative)
+                                        g->number = 0;
                                 guard_literal_announced(g);
                                 g->state = G_CLOSE;
                                 i++;

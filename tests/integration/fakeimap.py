@@ -28,6 +28,7 @@ Scenarios (mode=):
 import socket
 import ssl
 import threading
+import time
 
 CRLF = b'\r\n'
 
@@ -63,16 +64,17 @@ class _Conn:
 
 class FakeImap:
     def __init__(self, mode, cert=None, key=None, literal_size='2000000000', literal_send=None,
-                 line_bytes=80 << 20, timeout=20.0):
+                 line_bytes=80 << 20, split=False, timeout=20.0):
         self.mode = mode
         self.cert, self.key = cert, key
         self.literal_size = str(literal_size)
         self.literal_send = literal_send
         self.line_bytes = line_bytes
+        self.split = split
         self.timeout = timeout
         self.record = {'received': b'', 'tls_done': False, 'after_handshake': 0,
                        'sent_bytes': 0, 'literal_sent': 0, 'closed_by_client': False,
-                       'error': None, 'events': []}
+                       'error': None, 'events': [], 'sni': None}
         self._lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._lsock.bind(('127.0.0.1', 0))
@@ -113,6 +115,10 @@ class FakeImap:
     def _tls_context(self):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(self.cert, self.key)
+
+        def sni(sslobj, name, ctx_):
+            self.record['sni'] = name
+        ctx.sni_callback = sni
         return ctx
 
     def _start_tls(self, conn, sock):
@@ -266,13 +272,44 @@ class FakeImap:
             if verb == b'CAPABILITY':
                 size = int(self.literal_size)
                 send = size if self.literal_send is None else min(size, self.literal_send)
-                conn.send(b'* CAPABILITY IMAP4rev1' + CRLF +
-                          b'* 1 FETCH (BODY[] {' + self.literal_size.encode() + b'}' + CRLF)
+                conn.send(b'* CAPABILITY IMAP4rev1' + CRLF)
+                announce = b'* 1 FETCH (BODY[] {' + self.literal_size.encode() + b'}' + CRLF
+                if self.split:  # one byte per TCP segment: the lexer must keep state
+                    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    for i in range(len(announce)):
+                        conn.send(announce[i:i + 1])
+                        time.sleep(0.01)
+                else:
+                    conn.send(announce)
                 self._stream_literal(conn, send)
                 if send == size:
                     conn.send(b')' + CRLF + tag + b' OK done' + CRLF)
                     return True
                 raise EOFError  # announced more than we send: hang up after it
+            return False
+        self._commands(conn, b'IMAP4rev1', on)
+
+    def _mode_bye(self, conn, sock):
+        conn.send(b'* BYE too busy' + CRLF)
+        raise EOFError
+
+    def _mode_benign(self, conn, sock):
+        """Huge-looking sizes where they are not literal announcements: in a quoted
+        string, inside literal content, and split across lines. All must pass."""
+        conn.send(b'* OK fake ready' + CRLF)
+        body = (b'Subject: {99999999999}\r\n\r\nsee {4000000000}\r\nand {' +
+                b'9' * 30 + b'}\r\n"unbalanced {5000000000}\r\n')
+
+        def on(tag, verb, line):
+            if self._login_ok(conn, tag, verb):
+                return True
+            if verb == b'CAPABILITY':
+                conn.send(b'* OK [ALERT] "quoted {99999999999}" is text' + CRLF +
+                          b'* 1 FETCH (BODY[] {' + str(len(body)).encode() + b'}' + CRLF +
+                          body + b')' + CRLF +
+                          b'* CAPABILITY IMAP4rev1 X-BENIGN' + CRLF + tag + b' OK done' + CRLF)
+                self.record['literal_sent'] = len(body)
+                return True
             return False
         self._commands(conn, b'IMAP4rev1', on)
 

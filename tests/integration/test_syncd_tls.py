@@ -392,3 +392,41 @@ def test_valgrind_clean(dovecot, pki, pwfile, scenario):
         f.wait()
         f.close()
     assert r.returncode == want, (r.returncode, r.stderr.decode(errors='replace'))
+
+
+# -- details ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('host,sni', [('localhost', 'localhost'), ('127.0.0.1', None)])
+def test_sni_for_names_only(pki, pwfile, host, sni):
+    cert, key = pki.server_cert(f'sni-{host}', hosts=('localhost', '127.0.0.1'))
+    with FakeImap('tls', cert=cert, key=key) as f:
+        r = probe(f'imaps://{host}:{f.port}', pwfile, ca=pki.ca_cert, user='u')
+        rec = f.wait()
+    assert r.rc == EX_OK, r
+    assert rec['sni'] == sni, rec
+
+
+def test_literal_announcement_split_across_reads(pwfile):
+    """The announcement arrives one byte per TCP segment: the lexer keeps its state."""
+    with FakeImap('literal', literal_size='3000000000', split=True) as f:
+        r = probe_rss(f.url(), pwfile, '--insecure-plaintext', user='u')
+        f.wait()
+    assert r.rc == EX_PROTOCOL, r
+    assert 'announced a literal of 3000000000 bytes' in r.err, r
+    assert r.maxrss_kb < SMALL_RSS_KB, r
+
+
+def test_no_false_positive_on_braces_in_text_and_bodies(pwfile):
+    with FakeImap('benign') as f:
+        r = probe(f.url(), pwfile, '--insecure-plaintext', user='u')
+        f.wait()
+    assert r.rc == EX_OK, r
+    assert 'X-BENIGN' in r.out, r
+
+
+def test_greeting_bye_is_temporary(pwfile):
+    with FakeImap('bye') as f:
+        r = probe(f.url(), pwfile, '--insecure-plaintext')
+        f.wait()
+    assert r.rc == EX_TEMPFAIL, r
+    assert 'refused the connection' in r.err, r
