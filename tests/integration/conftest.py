@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: MIT
 """pytest setup for integration tests: puts the acstest harness on sys.path, shared fixtures."""
 
+import faulthandler
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -17,6 +19,68 @@ from acstest import fusecheck, procs  # noqa: E402
 from acstest.dbus import Bus  # noqa: E402
 from acstest.dovecot import Dovecot  # noqa: E402
 from acstest.pki import PKI  # noqa: E402
+
+
+# tests/run sets ACS_SANITIZER_LOG_DIR for the build-asan tree: sanitizer reports of every
+# program the tests start go to files there, and the test during which one appears fails.
+SANITIZER_LOG_DIR = os.environ.get('ACS_SANITIZER_LOG_DIR')
+if SANITIZER_LOG_DIR:
+    os.makedirs(SANITIZER_LOG_DIR, exist_ok=True)
+    for _var, _name in (('ASAN_OPTIONS', 'asan'), ('UBSAN_OPTIONS', 'ubsan')):
+        _cur = os.environ.get(_var, '')
+        if 'log_path=' not in _cur:
+            os.environ[_var] = (_cur + ':' if _cur else '') + \
+                f'log_path={SANITIZER_LOG_DIR}/{_name}'
+
+DEFAULT_TIMEOUT = int(os.environ.get('ACS_TEST_TIMEOUT', '600'))
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'timeout(seconds): per-test time limit '
+                            f'(default ACS_TEST_TIMEOUT or {DEFAULT_TIMEOUT})')
+
+
+class TestTimeout(Exception):
+    """Raised in the test when its time limit is over."""
+
+
+@pytest.fixture(autouse=True)
+def _test_time_limit(request):
+    """Fails a test (setup, call and teardown of later fixtures) that runs too long; if
+    the exception cannot get through, faulthandler dumps all stacks and ends pytest."""
+    m = request.node.get_closest_marker('timeout')
+    secs = float(m.args[0]) if m else DEFAULT_TIMEOUT
+
+    def on_alarm(signum, frame):
+        raise TestTimeout(f'{request.node.nodeid} exceeded its time limit of {secs:g}s')
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, secs)
+    faulthandler.dump_traceback_later(secs + 120, exit=True)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        faulthandler.cancel_dump_traceback_later()
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(autouse=True)
+def _sanitizer_reports():
+    """With ACS_SANITIZER_LOG_DIR set, fails the test if a sanitizer report appeared."""
+    if not SANITIZER_LOG_DIR:
+        yield
+        return
+    before = set(os.listdir(SANITIZER_LOG_DIR))
+    yield
+    new = sorted(set(os.listdir(SANITIZER_LOG_DIR)) - before)
+    if new:
+        texts = []
+        for n in new:
+            with open(os.path.join(SANITIZER_LOG_DIR, n), errors='replace') as f:
+                texts.append(f'--- {n}\n{f.read()[:20000]}')
+        pytest.fail('sanitizer report(s) from programs started by this test:\n'
+                    + '\n'.join(texts), pytrace=False)
 
 
 def _unmount_below(root):

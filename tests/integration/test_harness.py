@@ -327,3 +327,47 @@ def test_nothing_left_after_stop(tmp_path, harness_tmp):
 def test_binary_lookup_fails_clearly():
     with pytest.raises(FileNotFoundError, match='not found in build directory'):
         paths.binary('no-such-program-xyz')
+
+
+# -- the conftest's own guards: time limit and sanitizer reports -------------------------
+
+def _inner_pytest(tmp_path, test_source, env_extra=None):
+    """Runs pytest on one test file next to a copy of our conftest; returns the result."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    d = tmp_path / 'inner'
+    d.mkdir()
+    (d / 'conftest.py').write_bytes(open(os.path.join(here, 'conftest.py'), 'rb').read())
+    (d / 'test_inner.py').write_text(test_source)
+    env = dict(os.environ, PYTHONPATH=str(paths.REPO / 'tests' / 'harness'))
+    env.pop('ACS_SANITIZER_LOG_DIR', None)
+    env.update(env_extra or {})
+    return subprocess.run(['/usr/bin/python3', '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+                           str(d)], cwd=d, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_time_limit_fails_a_hanging_test(tmp_path):
+    t = time.monotonic()
+    r = _inner_pytest(tmp_path, 'import time, pytest\n\n'
+                                '@pytest.mark.timeout(1)\n'
+                                'def test_hangs():\n    time.sleep(30)\n')
+    elapsed = time.monotonic() - t
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 'exceeded its time limit of 1s' in r.stdout, r.stdout
+    assert elapsed < 20
+
+
+def test_sanitizer_report_fails_the_test(tmp_path):
+    src = tmp_path / 'leak.c'
+    src.write_text('#include <stdlib.h>\n#include <string.h>\n'
+                   'int main(void) { char *p = malloc(64); memset(p, 1, 64); p = 0; return 0; }\n')
+    exe = tmp_path / 'leak'
+    cc = subprocess.run(['cc', '-g', '-fsanitize=address', '-o', str(exe), str(src)],
+                        capture_output=True, text=True)
+    assert cc.returncode == 0, cc.stderr
+    san = tmp_path / 'san'
+    r = _inner_pytest(tmp_path, 'import subprocess\n\n'
+                                'def test_runs_leaky_program():\n'
+                                f'    subprocess.run([{str(exe)!r}])\n',
+                      {'ACS_SANITIZER_LOG_DIR': str(san), 'ASAN_OPTIONS': 'detect_leaks=1'})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 'sanitizer report(s)' in r.stdout and 'LeakSanitizer' in r.stdout, r.stdout
