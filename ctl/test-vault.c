@@ -215,6 +215,45 @@ TEST(plaintext_not_kept)
         check_get(v, "b", pw, sizeof(pw) - 1);
 }
 
+static long vmlck_kb(void)
+{
+        FILE *f = fopen("/proc/self/status", "r");
+        char line[256];
+        long kb = -1;
+        while (f && fgets(line, sizeof(line), f))
+                if (sscanf(line, "VmLck: %ld kB", &kb) == 1)
+                        break;
+        if (f)
+                fclose(f);
+        return kb;
+}
+
+/* The vault key and handed-out secrets are in locked memory (never swapped). */
+TEST(secrets_locked)
+{
+        CHECK_INT(acs_wire_init(), 0);
+#ifdef __SANITIZE_ADDRESS__
+        /* ASan intercepts mlock() as a no-op (its shadow memory cannot be locked). */
+        printf("# lock check not run under AddressSanitizer (mlock is a no-op there)\n");
+        return;
+#endif
+        long before = vmlck_kb();
+        CHECK(before >= 0);
+        acs_vault *v = NULL;
+        CHECK_INT(acs_vault_new(&v), 0);
+        long with_vault = vmlck_kb();
+        CHECK(with_vault > before);
+        CHECK_INT(acs_vault_put(v, "u", "pw", 2), 0);
+        char *s;
+        size_t len;
+        CHECK_INT(acs_vault_get(v, "u", &s, &len), 0);
+        CHECK(vmlck_kb() > with_vault);
+        s = acs_secret_free(s);
+        CHECK_INT(vmlck_kb(), with_vault);
+        v = acs_vault_free(v);
+        CHECK_INT(vmlck_kb(), before);
+}
+
 static sigjmp_buf segv_jmp;
 static void on_segv(int sig)
 {

@@ -375,7 +375,12 @@ void acs_wire_msg_clear(acs_wire_msg *m)
 {
         if (!m)
                 return;
-        sodium_free(m->payload);
+        if (m->secret) {
+                sodium_free(m->payload);
+        } else if (m->payload) {
+                sodium_memzero(m->payload, m->len);
+                free(m->payload);
+        }
         *m = (acs_wire_msg){ 0 };
 }
 
@@ -430,15 +435,21 @@ int acs_wire_open(acs_wire *w, const uint8_t *msg, size_t len, uint64_t accept, 
         if (counter == 0)
                 REJECT(-EBADMSG, "counter zero");
 
-        _cleanup_secret_ uint8_t *out = sodium_malloc((size_t)plen + 1);
-        if (!out)
-                return -ENOMEM;
+        _cleanup_free_ uint8_t *clear = NULL;
+        _cleanup_secret_ uint8_t *secret = NULL;
+        uint8_t *out;
         if (kind == ACS_WIRE_KIND_SIGNED) {
                 if (crypto_sign_verify_detached(msg + ACS_WIRE_HEADER_SIZE + plen, msg,
                                                 ACS_WIRE_HEADER_SIZE + plen, p->pub.sign_pk) != 0)
                         REJECT(-EKEYREJECTED, "bad signature");
+                out = clear = malloc((size_t)plen + 1);
+                if (!out)
+                        return -ENOMEM;
                 memcpy(out, msg + ACS_WIRE_HEADER_SIZE, plen);
         } else {
+                out = secret = sodium_malloc((size_t)plen + 1);
+                if (!out)
+                        return -ENOMEM;
                 uint8_t key[crypto_box_BEFORENMBYTES];
                 if (crypto_box_beforenm(key, p->pub.box_pk, w->keys->box_sk) != 0) {
                         sodium_memzero(key, sizeof(key));
@@ -460,8 +471,9 @@ int acs_wire_open(acs_wire *w, const uint8_t *msg, size_t len, uint64_t accept, 
                 .sender = sender,
                 .purpose = (enum acs_wire_purpose)purpose,
                 .counter = counter,
-                .payload = TAKE_PTR(out),
+                .payload = kind == ACS_WIRE_KIND_BOXED ? TAKE_PTR(secret) : TAKE_PTR(clear),
                 .len = plen,
+                .secret = kind == ACS_WIRE_KIND_BOXED,
         };
         return 0;
 }

@@ -154,14 +154,19 @@ int acs_wire_remove_peer(acs_wire *w, uint32_t id);
 int acs_wire_seal(acs_wire *w, uint32_t to, enum acs_wire_purpose purpose, const void *payload,
                   size_t len, uint8_t **ret_msg, size_t *ret_len);
 
-/* An opened message. payload is sodium_malloc'd (it may be a secret) and NUL-terminated
- * one past len; acs_wire_msg_clear() wipes and frees it. */
+/*
+ * An opened message. payload is NUL-terminated one past len; it is sodium_malloc'd
+ * (guarded, locked) when the message was boxed (a secret), malloc'd when it was signed
+ * (it crossed the bus in clear anyway, and sodium_malloc costs several system calls).
+ * acs_wire_msg_clear() wipes and frees it either way.
+ */
 typedef struct acs_wire_msg {
         uint32_t sender;
         enum acs_wire_purpose purpose;
         uint64_t counter;
         uint8_t *payload;
         size_t len;
+        bool secret; /* payload is sodium_malloc'd */
 } acs_wire_msg;
 void acs_wire_msg_clear(acs_wire_msg *m);
 

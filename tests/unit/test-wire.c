@@ -199,6 +199,7 @@ TEST(roundtrip_both_kinds)
         CHECK_INT(msg.counter, 1);
         CHECK_INT(msg.len, 4);
         CHECK(memcmp(msg.payload, "need", 5) == 0);
+        CHECK(!msg.secret);
         acs_wire_msg_clear(&msg);
         CHECK(msg.payload == NULL);
         free(m);
@@ -213,6 +214,7 @@ TEST(roundtrip_both_kinds)
         CHECK_INT(msg.sender, ACS_WIRE_ID_ACSD);
         CHECK_INT(msg.len, sizeof(pw) - 1);
         CHECK(memcmp(msg.payload, pw, sizeof(pw)) == 0);
+        CHECK(msg.secret);
         acs_wire_msg_clear(&msg);
         free(m);
 
