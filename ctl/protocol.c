@@ -541,6 +541,58 @@ int acs_proto_format_cmd(const acs_proto_cmd *c, char *buf, size_t size, size_t 
         return finish(buf, size, o, ret_len);
 }
 
+/* ---- connection state ---- */
+
+enum acs_proto_err acs_proto_check_state(enum acs_proto_conn_state st, enum acs_proto_cmd_type cmd,
+                                         const char **why)
+{
+        const char *w = NULL;
+        switch (st) {
+        case ACS_CONN_NEW:
+                if (cmd != ACS_CMD_HELLO)
+                        w = "HELLO first";
+                break;
+        case ACS_CONN_READY:
+                if (cmd == ACS_CMD_HELLO)
+                        w = "HELLO was already done";
+                else if (cmd == ACS_CMD_CLOSE || cmd == ACS_CMD_WATCH)
+                        w = "no session on this connection: OPEN or RESUME first";
+                break;
+        case ACS_CONN_SESSION:
+                if (cmd == ACS_CMD_HELLO)
+                        w = "HELLO was already done";
+                else if (cmd == ACS_CMD_OPEN || cmd == ACS_CMD_RESUME)
+                        w = "this connection has a session already: CLOSE it or use another connection";
+                break;
+        case ACS_CONN_WATCHING:
+        default:
+                w = "watching: the connection only carries events now";
+                break;
+        }
+        if (!w && !acs_proto_cmd_name(cmd))
+                w = "no such command";
+        if (!w)
+                return ACS_ERR_NONE;
+        if (why)
+                *why = w;
+        return ACS_ERR_STATE;
+}
+
+int acs_proto_negotiate(unsigned vmin, unsigned vmax, unsigned *ret)
+{
+        unsigned hi = vmax < ACS_PROTO_VERSION ? vmax : ACS_PROTO_VERSION;
+        unsigned lo = vmin > ACS_PROTO_VERSION_MIN ? vmin : ACS_PROTO_VERSION_MIN;
+        if (lo > hi)
+                return -EPROTONOSUPPORT;
+        *ret = hi;
+        return 0;
+}
+
+void acs_proto_token_new(uint8_t ret[ACS_PROTO_TOKEN_SIZE])
+{
+        randombytes_buf(ret, ACS_PROTO_TOKEN_SIZE);
+}
+
 /* ---- replies ---- */
 
 /* [a-z][a-z0-9_]{0,31} */

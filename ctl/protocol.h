@@ -115,6 +115,28 @@ int acs_proto_parse_cmd(const char *line, size_t len, acs_proto_cmd *ret, enum a
  */
 int acs_proto_format_cmd(const acs_proto_cmd *c, char *buf, size_t size, size_t *ret_len);
 
+/* ---- connection state (the rules of docs/protocol.md, "Session of a connection") ---- */
+
+enum acs_proto_conn_state {
+        ACS_CONN_NEW = 0,      /* nothing yet: HELLO first */
+        ACS_CONN_READY = 1,    /* HELLO done, no session */
+        ACS_CONN_SESSION = 2,  /* a session opened or resumed on this connection */
+        ACS_CONN_WATCHING = 3, /* after OK WATCH: the client sends nothing more */
+};
+
+/*
+ * Whether cmd may come in state st: ACS_ERR_NONE, or ACS_ERR_STATE with *why set to a
+ * static reason. Who may run STATUS, SYNC and WHO (peer uid) is acsd's to decide.
+ */
+enum acs_proto_err acs_proto_check_state(enum acs_proto_conn_state st, enum acs_proto_cmd_type cmd,
+                                         const char **why);
+
+/* Highest version in [vmin, vmax] that this code speaks: 0 and *ret, or -EPROTONOSUPPORT. */
+int acs_proto_negotiate(unsigned vmin, unsigned vmax, unsigned *ret);
+
+/* A fresh random session token (libsodium's CSPRNG; sodium_init first). */
+void acs_proto_token_new(uint8_t ret[ACS_PROTO_TOKEN_SIZE]);
+
 /* ---- replies ---- */
 
 enum acs_proto_reply_type {

@@ -645,6 +645,51 @@ TEST(bad_replies)
         CHECK_STR(acs_proto_reply_get(&r, "a", NULL) ? "?" : "none", "none");
 }
 
+/* ---- connection state ---- */
+
+TEST(conn_state_table)
+{
+        /* rows: state; columns: HELLO OPEN RESUME CLOSE STATUS SYNC WATCH WHO (1 = allowed) */
+        static const struct { enum acs_proto_conn_state st; const char allowed[9]; } rows[] = {
+                { ACS_CONN_NEW, "10000000" },
+                { ACS_CONN_READY, "01101101" },
+                { ACS_CONN_SESSION, "00011111" },
+                { ACS_CONN_WATCHING, "00000000" },
+        };
+        for (size_t i = 0; i < ACS_ARRAY_SIZE(rows); i++) {
+                for (int cmd = ACS_CMD_HELLO; cmd < _ACS_CMD_MAX; cmd++) {
+                        const char *why = NULL;
+                        enum acs_proto_err e = acs_proto_check_state(rows[i].st, cmd, &why);
+                        bool ok = rows[i].allowed[cmd - 1] == '1';
+                        if ((e == ACS_ERR_NONE) != ok || (!ok && (e != ACS_ERR_STATE || !why))) {
+                                printf("#   state %d %s: %d (%s)\n", rows[i].st, acs_proto_cmd_name(cmd), e,
+                                       why ? why : "-");
+                                test_failed_checks++;
+                        }
+                }
+        }
+        const char *why;
+        CHECK_INT(acs_proto_check_state(ACS_CONN_READY, ACS_CMD_INVALID, &why), ACS_ERR_STATE);
+        CHECK_INT(acs_proto_check_state(ACS_CONN_SESSION, _ACS_CMD_MAX, &why), ACS_ERR_STATE);
+        CHECK_INT(acs_proto_check_state(99, ACS_CMD_HELLO, &why), ACS_ERR_STATE);
+}
+
+TEST(negotiate)
+{
+        unsigned v = 77;
+        CHECK_INT(acs_proto_negotiate(1, 1, &v), 0);
+        CHECK_INT(v, 1);
+        CHECK_INT(acs_proto_negotiate(1, 999, &v), 0);
+        CHECK_INT(v, ACS_PROTO_VERSION);
+        v = 77;
+        CHECK_INT(acs_proto_negotiate(2, 5, &v), -EPROTONOSUPPORT);
+        CHECK_INT(v, 77);
+        uint8_t a[32], b[32];
+        acs_proto_token_new(a);
+        acs_proto_token_new(b);
+        CHECK(memcmp(a, b, 32) != 0);
+}
+
 /* ---- line reader ---- */
 
 /* Feeds data in chunks of `chunk` bytes, collecting lines and -EMSGSIZE reports. */
