@@ -36,15 +36,15 @@ class Result:
                 f'out={self.out[:200]!r} err={self.err!r}>')
 
 
-def probe(url, password_file, *extra, ca=None, user='user1', timeout=60):
-    """Runs the meson-built acs-imap-probe; returns its status, output and peak RSS."""
+def probe(url, password_file, *extra, ca=None, user='user1', timeout=60, env=None):
+    """Runs the meson-built acs-imap-probe; returns its status and output."""
     args = [paths.binary('acs-imap-probe'), '--url', url, '--user', user,
             '--password-file', str(password_file), *extra]
     if ca:
         args += ['--ca', str(ca)]
     t0 = time.monotonic()
     p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+                         stderr=subprocess.PIPE, env=None if env is None else {**os.environ, **env})
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -185,6 +185,8 @@ def test_bad_url(url, pwfile):
 def make_cert(pki, case, n):
     if case == 'wrong_host':
         return pki.server_cert(f'wronghost{n}', hosts=('mail.example.org', '10.9.8.7'))
+    if case == 'name_not_in_san':
+        return pki.server_cert(f'iponly{n}', hosts=('127.0.0.1',))
     if case == 'ip_not_in_san':
         return pki.server_cert(f'nameonly{n}', hosts=('localhost',))
     if case == 'expired':
@@ -198,6 +200,7 @@ REFUSALS = {
     # case: (URL host, expected reason)
     'wrong_ca': ('localhost', 'not issued by a trusted CA'),
     'wrong_host': ('localhost', 'not valid for this host name'),
+    'name_not_in_san': ('localhost', 'not valid for this host name'),  # SAN has only the IP
     'ip_not_in_san': ('127.0.0.1', 'not valid for this IP address'),
     'expired': ('localhost', 'has expired'),
     'self_signed': ('localhost', 'self-signed'),
@@ -424,9 +427,15 @@ def test_no_false_positive_on_braces_in_text_and_bodies(pwfile):
     assert 'X-BENIGN' in r.out, r
 
 
-def test_greeting_bye_is_temporary(pwfile):
+def test_greeting_bye_is_temporary(tmp_path, pwfile):
+    # libetpan 1.9.4 leaks the parsed greeting (49 bytes) when it is BYE: parse_greeting()
+    # returns MAILIMAP_ERROR_DONT_ACCEPT_CONNECTION without mailimap_greeting_free(). The
+    # object is unreachable from acs; suppress exactly that leak for ASan builds.
+    supp = tmp_path / 'lsan.supp'
+    supp.write_text('leak:mailimap_greeting_new\n')
     with FakeImap('bye') as f:
-        r = probe(f.url(), pwfile, '--insecure-plaintext')
+        r = probe(f.url(), pwfile, '--insecure-plaintext',
+                  env={'LSAN_OPTIONS': f'suppressions={supp}'})
         f.wait()
     assert r.rc == EX_TEMPFAIL, r
     assert 'refused the connection' in r.err, r
