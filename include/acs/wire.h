@@ -149,7 +149,8 @@ int acs_wire_remove_peer(acs_wire *w, uint32_t id);
  * Seals payload (len <= ACS_WIRE_PAYLOAD_MAX) for peer `to` with the next counter, in the
  * kind the purpose requires. *ret_msg is malloc'd (owned by the caller; it holds no
  * plaintext secret). -EINVAL (unknown purpose, wrong direction for this party, len too
- * big), -ENOENT (unknown peer), -EOVERFLOW (counter exhausted), -ENOMEM.
+ * big, a boxed purpose to a peer whose X25519 key is of low order), -ENOENT (unknown
+ * peer), -EOVERFLOW (counter exhausted), -ENOMEM.
  */
 int acs_wire_seal(acs_wire *w, uint32_t to, enum acs_wire_purpose purpose, const void *payload,
                   size_t len, uint8_t **ret_msg, size_t *ret_len);
@@ -180,7 +181,8 @@ void acs_wire_msg_clear(acs_wire_msg *m);
  *   -EPERM            unknown purpose or kind, kind or direction not that of the purpose,
  *                     purpose not in accept, wrong recipient, unknown sender
  *   -EKEYREJECTED     signature or authentication tag does not verify (bit flips,
- *                     forged or wrong-sender messages)
+ *                     forged or wrong-sender messages), or the sender's X25519 key
+ *                     is of low order
  *   -ESTALE           replay: counter not greater than the last accepted from that peer
  *   -ENOMEM
  */
