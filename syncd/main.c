@@ -171,6 +171,9 @@ static int connect_login(syncd *sd)
                 return r;
         }
         sd->imap = imap;
+        r = syncd_wrap_eof(imap);
+        if (r < 0)
+                return r;
         read_caps(sd);
         r = enable_qresync(sd);
         if (r < 0) {

@@ -48,7 +48,7 @@ int syncd_push_loop(syncd *sd)
                                     "SubscriptionChange))");
                 if (r == 0)
                         notify = true;
-                else if (r == -EREMOTEIO)
+                else if (r == -EREMOTEIO || r == -EPROTO)
                         acs_log(LOG_WARNING, "NOTIFY refused; pushing the selected mailbox only");
                 else
                         return r;

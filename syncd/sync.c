@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "acs/log.h"
 #include "acs/maildir.h"
@@ -40,6 +41,7 @@ int syncd_etpan_error(int r)
         case MAILIMAP_ERROR_MEMORY:
                 return -ENOMEM;
         case MAILIMAP_ERROR_BAD_STATE:
+        case MAILIMAP_ERROR_PROTOCOL: /* BAD, or a tagged reply with the wrong tag */
                 return -EPROTO;
         case MAILIMAP_ERROR_FATAL:
                 return -ECONNRESET;
@@ -68,6 +70,69 @@ int syncd_raw_command(syncd *sd, const char *command)
         return type == MAILIMAP_RESP_COND_STATE_OK ? 0 : -EREMOTEIO;
 }
 
+/*
+ * libetpan 1.9.4 loops forever when the connection ends inside a literal (mailstream_read
+ * returns 0 and the loop subtracts 0 from what it still needs). This layer turns end of
+ * stream into an error, which every libetpan caller handles.
+ */
+static ssize_t eof_read(mailstream_low *s, void *buf, size_t count)
+{
+        ssize_t r = mailstream_low_read(s->data, buf, count);
+        if (r == 0 && count > 0) {
+                errno = ECONNRESET;
+                return -1;
+        }
+        return r;
+}
+
+static ssize_t eof_write(mailstream_low *s, const void *buf, size_t count)
+{
+        return mailstream_low_write(s->data, buf, count);
+}
+
+static int eof_close(mailstream_low *s) { return mailstream_low_close(s->data); }
+static int eof_get_fd(mailstream_low *s) { return mailstream_low_get_fd(s->data); }
+static void eof_cancel(mailstream_low *s) { mailstream_low_cancel(s->data); }
+static struct mailstream_cancel *eof_get_cancel(mailstream_low *s) { return mailstream_low_get_cancel(s->data); }
+static carray *eof_get_chain(mailstream_low *s) { return mailstream_low_get_certificate_chain(s->data); }
+static int eof_setup_idle(mailstream_low *s) { return mailstream_low_setup_idle(s->data); }
+static int eof_unsetup_idle(mailstream_low *s) { return mailstream_low_unsetup_idle(s->data); }
+static int eof_interrupt_idle(mailstream_low *s) { return mailstream_low_interrupt_idle(s->data); }
+
+static void eof_free(mailstream_low *s)
+{
+        if (s->data)
+                mailstream_low_free(s->data);
+        free(s);
+}
+
+static mailstream_low_driver eof_driver = {
+        .mailstream_read = eof_read,
+        .mailstream_write = eof_write,
+        .mailstream_close = eof_close,
+        .mailstream_get_fd = eof_get_fd,
+        .mailstream_free = eof_free,
+        .mailstream_cancel = eof_cancel,
+        .mailstream_get_cancel = eof_get_cancel,
+        .mailstream_get_certificate_chain = eof_get_chain,
+        .mailstream_setup_idle = eof_setup_idle,
+        .mailstream_unsetup_idle = eof_unsetup_idle,
+        .mailstream_interrupt_idle = eof_interrupt_idle,
+};
+
+int syncd_wrap_eof(mailimap *imap)
+{
+        mailstream_low *inner = mailstream_get_low(imap->imap_stream);
+        if (!inner)
+                return -EINVAL;
+        mailstream_low *s = mailstream_low_new(inner, &eof_driver);
+        if (!s)
+                return -ENOMEM;
+        s->timeout = inner->timeout;
+        mailstream_set_low(imap->imap_stream, s);
+        return 0;
+}
+
 /* "name" with \ and " escaped; NULL when the name cannot be sent as a quoted string. */
 static char *imap_quote(const char *s)
 {
@@ -91,6 +156,13 @@ static char *imap_quote(const char *s)
 }
 
 /* ---- small helpers ---- */
+
+/* qsort that accepts (NULL, 0). */
+static void xqsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *))
+{
+        if (n > 1)
+                qsort(base, n, size, cmp);
+}
 
 /* One message as the server describes it (no body). */
 typedef struct srvmsg {
@@ -178,7 +250,7 @@ static int parse_flags(struct mailimap_msg_att_dynamic *dyn, unsigned *ret_flags
                         }
                 }
         }
-        qsort(kw, nkw, sizeof(kw[0]), cmp_str);
+        xqsort(kw, nkw, sizeof(kw[0]), cmp_str);
         char *s = malloc(kwlen + 1);
         if (!s)
                 return -ENOMEM;
@@ -575,7 +647,7 @@ static int local_load(acs_store *st, int64_t mailbox_id, locallist *ret)
                 locallist_free(&l);
                 return r;
         }
-        qsort(l.v, l.n, sizeof(*l.v), cmp_local);
+        xqsort(l.v, l.n, sizeof(*l.v), cmp_local);
         *ret = l;
         return 0;
 }
@@ -583,7 +655,7 @@ static int local_load(acs_store *st, int64_t mailbox_id, locallist *ret)
 static localmsg *local_find(locallist *l, uint32_t uid)
 {
         localmsg key = {.uid = uid};
-        return bsearch(&key, l->v, l->n, sizeof(*l->v), cmp_local);
+        return l->n ? bsearch(&key, l->v, l->n, sizeof(*l->v), cmp_local) : NULL;
 }
 
 /* Applies the server's flags to a cached message; moves it new/ -> cur/ when it became \Seen. */
@@ -682,7 +754,7 @@ static int fetch_missing(mbsync *ms, bool final_state)
         acs_store *st = sd->store;
         int r = 0;
 
-        qsort(ms->missing.v, ms->missing.n, sizeof(*ms->missing.v), cmp_uid_desc);
+        xqsort(ms->missing.v, ms->missing.n, sizeof(*ms->missing.v), cmp_uid_desc);
         uint64_t total_bytes = 0;
         for (size_t i = 0; i < ms->missing.n; i++)
                 total_bytes += ms->missing.v[i].size;
@@ -798,7 +870,7 @@ static int scan_full(mbsync *ms)
                 if (r < 0)
                         goto out;
         }
-        qsort(all.v, all.n, sizeof(*all.v), cmp_uid_asc);
+        xqsort(all.v, all.n, sizeof(*all.v), cmp_uid_asc);
 
         acs_store *st = sd->store;
         r = acs_store_begin(st, false);
@@ -1102,7 +1174,7 @@ static int sync_condstore(mbsync *ms)
                 size_t k = 0;
                 for (clistiter *it = uids ? clist_begin(uids) : NULL; it; it = clist_next(it))
                         keep[k++] = *(uint32_t *)clist_content(it);
-                qsort(keep, nkeep, sizeof(*keep), cmp_u32);
+                xqsort(keep, nkeep, sizeof(*keep), cmp_u32);
         }
 
         r = acs_store_begin(st, false);
@@ -1600,7 +1672,7 @@ int syncd_sync_all(syncd *sd, bool quick)
         if (r < 0)
                 goto out;
         /* INBOX first; the rest in name order (newest first applies within each mailbox). */
-        qsort(l.v, l.n, sizeof(*l.v), cmp_boxref);
+        xqsort(l.v, l.n, sizeof(*l.v), cmp_boxref);
         for (size_t i = 0; i < l.n && r == 0; i++) {
                 if (syncd_stop) {
                         r = -EINTR;

@@ -56,6 +56,9 @@ int syncd_etpan_error(int r);
  */
 int syncd_raw_command(syncd *sd, const char *command);
 
+/* Puts a layer under imap's stream that makes end of stream an error (libetpan 1.9.4 would spin). */
+int syncd_wrap_eof(mailimap *imap);
+
 /* ---- sync.c ---- */
 /*
  * Reads the mailbox list (LIST, LSUB), follows creations, renames and deletions into the

@@ -20,6 +20,11 @@ ACS_MBOX_NOSELECT = 1
 SPECIAL = {'Drafts': 1 << 10, 'Sent': 1 << 13, 'Trash': 1 << 14, 'Junk': 1 << 12, 'Archive': 1 << 9}
 
 
+def sanitized():
+    r = subprocess.run(['ldd', syncd_bin()], capture_output=True, text=True)
+    return 'libasan' in r.stdout
+
+
 def test_full_sync_matches_server(dovecot, tmp_path):
     corpus = Corpus(seed=3, count=400)
     corpus.seed_maildir(dovecot, 'user1')
@@ -119,6 +124,9 @@ def test_big_message_one_copy(dovecot, tmp_path):
         assert_cache_equals_server(db, c, fresh=True)
     finally:
         c.logout()
+    print(f'peak RSS {rss_kb} KB, largest message {biggest} B')
+    if sanitized():
+        pytest.xfail(f'peak RSS {rss_kb} KB measured under ASan (inflated); run on a plain build')
     # one copy of the message plus a bounded working set (the target: 64 MB + largest)
     assert rss_kb * 1024 <= 64 * 2**20 + biggest, f'peak RSS {rss_kb} KB'
     # and clearly less than two copies of it on top of the base
