@@ -23,11 +23,19 @@
  */
 #define AGAIN_MS 200
 
-/* One pending kernel notification. */
-typedef struct inval {
-        uint64_t ino;   /* inode to invalidate, or the parent of name */
-        char *name;     /* NULL: invalidate the inode (attributes + cached listing) */
-} inval;
+/* A name to drop from the kernel's dentry cache. */
+typedef struct inval_name {
+        uint64_t parent;
+        char *name;
+} inval_name;
+
+/* Pending kernel notifications: directory inodes (deduplicated) and names. */
+typedef struct inval_set {
+        uint64_t *inos;
+        size_t n_inos, cap_inos;
+        inval_name *names;
+        size_t n_names, cap_names;
+} inval_set;
 
 struct fs_watch {
         fs_ctx *ctx;
@@ -37,39 +45,96 @@ struct fs_watch {
         char *db_name, *wal_name;
         acs_store *s;
         int64_t last_seq;
-
-        /* invalidations sent since the last repeat; repeated at again_at */
-        inval *v;
-        size_t n, cap;
         bool tree_changed;
+
+        inval_set round; /* this round's invalidations */
+        inval_set again; /* sent since the last repeat; sent once more at again_at */
+        int64_t again_at; /* CLOCK_MONOTONIC ms; 0 = nothing to repeat */
 };
 
-static int inval_add(fs_watch *w, uint64_t ino, const char *name)
+static int set_add_ino(inval_set *set, uint64_t ino)
 {
-        if (!name)
-                for (size_t i = 0; i < w->n; i++)
-                        if (!w->v[i].name && w->v[i].ino == ino)
-                                return 0;
-        if (w->n == w->cap) {
-                size_t cap = w->cap ? w->cap * 2 : 64;
-                inval *v = realloc(w->v, cap * sizeof(*v));
+        for (size_t i = 0; i < set->n_inos; i++)
+                if (set->inos[i] == ino)
+                        return 0;
+        if (set->n_inos == set->cap_inos) {
+                size_t cap = set->cap_inos ? set->cap_inos * 2 : 32;
+                uint64_t *v = realloc(set->inos, cap * sizeof(*v));
                 if (!v)
                         return -ENOMEM;
-                w->v = v;
-                w->cap = cap;
+                set->inos = v;
+                set->cap_inos = cap;
         }
-        char *copy = NULL;
-        if (name && !(copy = strdup(name)))
-                return -ENOMEM;
-        w->v[w->n++] = (inval){ .ino = ino, .name = copy };
+        set->inos[set->n_inos++] = ino;
         return 0;
 }
 
-static void inval_clear(fs_watch *w)
+/* Adds a name; takes ownership of name (freed on failure). */
+static int set_add_name_owned(inval_set *set, uint64_t parent, char *name)
 {
-        for (size_t i = 0; i < w->n; i++)
-                free(w->v[i].name);
-        w->n = 0;
+        if (set->n_names == set->cap_names) {
+                size_t cap = set->cap_names ? set->cap_names * 2 : 32;
+                inval_name *v = realloc(set->names, cap * sizeof(*v));
+                if (!v) {
+                        free(name);
+                        return -ENOMEM;
+                }
+                set->names = v;
+                set->cap_names = cap;
+        }
+        set->names[set->n_names++] = (inval_name){ .parent = parent, .name = name };
+        return 0;
+}
+
+static int set_add_name(inval_set *set, uint64_t parent, const char *name)
+{
+        char *copy = strdup(name);
+
+        return copy ? set_add_name_owned(set, parent, copy) : -ENOMEM;
+}
+
+static void set_clear(inval_set *set)
+{
+        for (size_t i = 0; i < set->n_names; i++)
+                free(set->names[i].name);
+        set->n_names = 0;
+        set->n_inos = 0;
+}
+
+static void set_free(inval_set *set)
+{
+        set_clear(set);
+        free(set->names);
+        free(set->inos);
+        *set = (inval_set){ 0 };
+}
+
+/* Moves everything of src into dst (src is left empty). */
+static int set_merge(inval_set *dst, inval_set *src)
+{
+        int r = 0;
+
+        for (size_t i = 0; i < src->n_inos && r == 0; i++)
+                r = set_add_ino(dst, src->inos[i]);
+        for (size_t i = 0; i < src->n_names; i++) {
+                char *name = TAKE_PTR(src->names[i].name);
+                if (r == 0)
+                        r = set_add_name_owned(dst, src->names[i].parent, name);
+                else
+                        free(name);
+        }
+        set_clear(src);
+        return r;
+}
+
+/* Sends a set: names first, then directories; no lock is held (the kernel may call back). */
+static void set_send(fs_ctx *ctx, const inval_set *set)
+{
+        for (size_t i = 0; i < set->n_names; i++)
+                fuse_lowlevel_notify_inval_entry(ctx->se, set->names[i].parent, set->names[i].name,
+                                                 strlen(set->names[i].name));
+        for (size_t i = 0; i < set->n_inos; i++)
+                fuse_lowlevel_notify_inval_inode(ctx->se, set->inos[i], 0, 0);
 }
 
 /* The directory inode of a mailbox's cur/ or new/ and its folder, from the current tree. */
@@ -79,11 +144,11 @@ static int add_message_dir(fs_watch *w, int64_t mailbox_id, bool in_new, const c
         int r;
 
         if (name) {
-                r = inval_add(w, dir, name);
+                r = set_add_name(&w->round, dir, name);
                 if (r < 0)
                         return r;
         }
-        r = inval_add(w, dir, NULL);
+        r = set_add_ino(&w->round, dir);
         if (r < 0)
                 return r;
         /* the folder shows the same mtime */
@@ -92,7 +157,7 @@ static int add_message_dir(fs_watch *w, int64_t mailbox_id, bool in_new, const c
         uint64_t folder = n ? n->ino : 0;
         pthread_rwlock_unlock(&w->ctx->tree_lock);
         if (folder)
-                r = inval_add(w, folder, NULL);
+                r = set_add_ino(&w->round, folder);
         return r;
 }
 
@@ -165,35 +230,21 @@ static int diff_trees(fs_watch *w, const fs_tree *old, const fs_tree *cur)
                         const fs_node *n = fs_tree_find(cur, o->ino);
                         if (!n || n->parent_ino != o->parent_ino || strcmp(n->name, o->name) != 0 ||
                             n->selectable != o->selectable) {
-                                r = inval_add(w, o->parent_ino, o->name);
+                                r = set_add_name(&w->round, o->parent_ino, o->name);
                                 if (r < 0)
                                         return r;
                         }
                 }
-                r = inval_add(w, o->ino, NULL);
+                r = set_add_ino(&w->round, o->ino);
                 if (r < 0)
                         return r;
         }
         for (size_t i = 0; i < cur->n_nodes; i++) {
-                r = inval_add(w, cur->nodes[i].ino, NULL);
+                r = set_add_ino(&w->round, cur->nodes[i].ino);
                 if (r < 0)
                         return r;
         }
         return 0;
-}
-
-/* Sends entries [from, n): names first, then directories; no lock is held (the kernel may call back). */
-static void inval_send(fs_watch *w, size_t from)
-{
-        fs_ctx *ctx = w->ctx;
-
-        for (size_t i = from; i < w->n; i++)
-                if (w->v[i].name)
-                        fuse_lowlevel_notify_inval_entry(ctx->se, w->v[i].ino, w->v[i].name,
-                                                         strlen(w->v[i].name));
-        for (size_t i = from; i < w->n; i++)
-                if (!w->v[i].name)
-                        fuse_lowlevel_notify_inval_inode(ctx->se, w->v[i].ino, 0, 0);
 }
 
 static int64_t now_ms(void)
@@ -208,7 +259,6 @@ static int64_t now_ms(void)
 static int watch_round(fs_watch *w)
 {
         fs_ctx *ctx = w->ctx;
-        size_t from = w->n;
         int r;
 
         r = acs_store_changes_since(w->s, w->last_seq, on_change, w);
@@ -227,11 +277,14 @@ static int watch_round(fs_watch *w)
                 if (r < 0)
                         return r;
         }
-        inval_send(w, from);
-        if (w->n > from)
-                acs_log(LOG_DEBUG, "invalidated %zu names/directories up to journal seq %lld", w->n - from,
-                        (long long)w->last_seq);
-        return 0;
+        set_send(ctx, &w->round);
+        if (w->round.n_names + w->round.n_inos > 0) {
+                acs_log(LOG_DEBUG, "invalidated %zu names and %zu directories up to journal seq %lld",
+                        w->round.n_names, w->round.n_inos, (long long)w->last_seq);
+                if (!w->again_at)
+                        w->again_at = now_ms() + AGAIN_MS;
+        }
+        return set_merge(&w->again, &w->round);
 }
 
 static bool event_is_ours(fs_watch *w)
@@ -259,7 +312,6 @@ static bool event_is_ours(fs_watch *w)
 static void *watch_main(void *arg)
 {
         fs_watch *w = arg;
-        int64_t again_at = 0; /* 0: nothing to repeat */
         bool failed = false;
 
         for (;;) {
@@ -268,8 +320,8 @@ static void *watch_main(void *arg)
                         { .fd = w->inotify_fd, .events = POLLIN },
                 };
                 int timeout = POLL_MS;
-                if (again_at) {
-                        int64_t left = again_at - now_ms();
+                if (w->again_at) {
+                        int64_t left = w->again_at - now_ms();
                         timeout = left < 0 ? 0 : left < POLL_MS ? (int)left : POLL_MS;
                 }
                 int n = poll(p, w->inotify_fd >= 0 ? 2 : 1, timeout);
@@ -277,10 +329,10 @@ static void *watch_main(void *arg)
                         break;
                 if (n > 0 && (p[0].revents & POLLIN))
                         break;
-                if (again_at && now_ms() >= again_at) {
-                        inval_send(w, 0);
-                        inval_clear(w);
-                        again_at = 0;
+                if (w->again_at && now_ms() >= w->again_at) {
+                        set_send(w->ctx, &w->again);
+                        set_clear(&w->again);
+                        w->again_at = 0;
                 }
                 if (n > 0 && (p[1].revents & POLLIN) && !event_is_ours(w))
                         continue;
@@ -293,8 +345,11 @@ static void *watch_main(void *arg)
                         acs_log(LOG_ERR, "cannot follow cache changes: %s (%s)", strerror(-r),
                                 acs_store_errmsg(w->s));
                 failed = r < 0;
-                if (w->n > 0)
-                        again_at = now_ms() + AGAIN_MS;
+                if (failed) {
+                        /* rows may have been skipped: next round refreshes every directory */
+                        set_clear(&w->round);
+                        w->tree_changed = true;
+                }
         }
         return NULL;
 }
@@ -371,8 +426,8 @@ fs_watch *fs_watch_stop(fs_watch *w)
         close(w->stop_fd);
         if (w->inotify_fd >= 0)
                 close(w->inotify_fd);
-        inval_clear(w);
-        free(w->v);
+        set_free(&w->round);
+        set_free(&w->again);
         acs_store_close(w->s);
         free(w->db_name);
         free(w->wal_name);

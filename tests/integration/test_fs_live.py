@@ -256,3 +256,23 @@ def test_cache_commits_invalidate_exactly_what_changed(cache_mount):
     took = wait_for(lambda: not (e.root / 'Fresh').exists(), 5, 0.005)
     assert took is not None and took <= INVAL_WITHIN, f'mailbox removal visible after {took} s'
     assert os.stat(e.root).st_nlink == root_nlink
+
+
+def test_invalidation_keeps_up_with_a_stream_of_commits(cache_mount):
+    """Commits every 20 ms to the same folder: each change is visible within INVAL_WITHIN."""
+    e = cache_mount
+    inbox = folder_path(e.root, 'INBOX')
+    files = sorted(folder_files(inbox).items())
+    assert len(files) >= 5
+    worst = 0.0
+    for name, (path, sub) in files[:25]:
+        uniq = name.split(',')[0]
+        os.listdir(inbox / sub)  # the listing is cached before the change
+        commit(e.db, ("UPDATE message SET flags = (flags | 8) - (flags & 8) WHERE uniq = ?", (uniq,)))  # toggle R
+        took = wait_for(lambda: not path.exists() and any(
+            n.startswith(uniq + ',') for n in os.listdir(inbox / sub)), 5, 0.002)
+        assert took is not None, f'{name}: change never visible'
+        worst = max(worst, took)
+        time.sleep(0.02)
+    print(f'worst visibility {worst:.3f} s')
+    assert worst <= INVAL_WITHIN
