@@ -89,6 +89,7 @@ struct guard {
         uint64_t literal_left;
         uint64_t line_len;
         bool tripped;
+        bool eof;                /* the peer closed: every later read fails */
         char reason[160];
 };
 
@@ -261,7 +262,21 @@ static ssize_t guard_read(mailstream_low *s, void *buf, size_t count)
                 errno = EPROTO;
                 return -1;
         }
+        if (count == 0)
+                return 0;
+        /* libetpan 1.9.4 reads a literal in a loop that treats 0 as "no bytes yet": a
+         * peer that closes inside a literal would make it spin forever. End of stream is
+         * therefore an error here. */
+        if (g->eof) {
+                errno = ECONNRESET;
+                return -1;
+        }
         r = mailstream_low_read(g->inner, buf, count);
+        if (r == 0) {
+                g->eof = true;
+                errno = ECONNRESET;
+                return -1;
+        }
         if (r > 0 && !guard_scan(g, buf, (size_t) r)) {
                 errno = EPROTO;
                 return -1;

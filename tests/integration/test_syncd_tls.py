@@ -353,6 +353,18 @@ def test_literal_limit_table(pwfile, size, limit, want):
         assert f'announced a literal of {size} bytes (limit {limit})' in r.err, r
 
 
+def test_eof_inside_literal(pwfile):
+    """libetpan 1.9.4 spins forever when the stream ends inside a literal; the guard turns
+    end of stream into an error."""
+    with FakeImap('literal', literal_size='1000000', literal_send=1000) as f:
+        r = probe(f.url(), pwfile, '--insecure-plaintext', user='u', timeout=20)
+        rec = f.wait()
+    assert rec['literal_sent'] == 1000, rec
+    assert r.rc == EX_TEMPFAIL, r
+    assert 'connection closed' in r.err, r
+    assert r.secs < 5, r
+
+
 def test_endless_line_refused(pwfile):
     with FakeImap('long-line', line_bytes=80 << 20) as f:
         r = probe_rss(f.url(), pwfile, '--insecure-plaintext', user='u')
