@@ -276,3 +276,33 @@ def test_invalidation_keeps_up_with_a_stream_of_commits(cache_mount):
         time.sleep(0.02)
     print(f'worst visibility {worst:.3f} s')
     assert worst <= INVAL_WITHIN
+
+
+def test_a_reader_never_sees_half_a_message(live):
+    """A large APPEND while a reader polls the folder: the file appears only whole."""
+    inbox = folder_path(live.root, 'INBOX')
+    before = set(folder_files(inbox))
+    mid = f'big-{os.getpid()}-{time.time_ns()}@acs.test'
+    line = b'0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n'
+    body = (f'From: big@example.org\r\nTo: {USER}@example.org\r\nSubject: big\r\n'
+            f'Message-ID: <{mid}>\r\n\r\n').encode() + line * (8 * 1024 * 1024 // len(line))
+    want = crlf_to_lf(body)
+    c = live.dovecot.client(USER)
+    try:
+        import threading
+        t = threading.Thread(target=lambda: c.append('INBOX', None, None, body))
+        t.start()
+        seen = None
+        deadline = time.monotonic() + 30
+        while seen is None and time.monotonic() < deadline:
+            for name, (path, sub) in folder_files(inbox).items():
+                if name not in before:
+                    data = path.read_bytes()
+                    assert data == want, f'{name}: {len(data)} bytes visible, the message has {len(want)}'
+                    seen = name
+            time.sleep(0.005)
+        t.join()
+        assert seen is not None, 'the large message never appeared\n' + log_of(live.syncd_log)
+        assert f',S={len(want)},' in seen
+    finally:
+        c.logout()
