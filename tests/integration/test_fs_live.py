@@ -306,3 +306,33 @@ def test_a_reader_never_sees_half_a_message(live):
         assert f',S={len(want)},' in seen
     finally:
         c.logout()
+
+
+def test_parallel_readers_during_commits(cache_mount):
+    """Four readers walk and read the tree while commits rename files and add/remove folders;
+    acs-fs keeps serving (only vanished-file errors), stays mounted and exits clean."""
+    e = cache_mount
+    inbox = folder_path(e.root, 'INBOX')
+    uniqs = [n.split(',')[0] for n in folder_files(inbox)][:20]
+    stop = time.monotonic() + 3
+    readers = [subprocess.Popen(
+        ['sh', '-c', f'while [ $(date +%s%N) -lt {int((time.time() + 3) * 1e9)} ]; do '
+                     f'find {e.root} -type f -exec cat {{}} + > /dev/null; done'],
+        stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    i = 0
+    while time.monotonic() < stop:
+        u = uniqs[i % len(uniqs)]
+        commit(e.db, ("UPDATE message SET flags = (flags | 1) - (flags & 1) WHERE uniq = ?", (u,)))
+        if i % 10 == 0:
+            commit(e.db, ("INSERT INTO mailbox (name, delim) VALUES (?, 46)", (f'Tmp{i}',)))
+        if i % 10 == 5:
+            commit(e.db, ("DELETE FROM mailbox WHERE name = ?", (f'Tmp{i - 5}',)))
+        i += 1
+        time.sleep(0.01)
+    for r in readers:
+        _, err = r.communicate(timeout=60)
+        bad = [line for line in err.splitlines() if 'No such file or directory' not in line]
+        assert not bad, '\n'.join(bad[:10])
+    assert os.path.ismount(e.root)
+    assert e.mount.proc.poll() is None
+    assert len(folder_files(inbox)) > 0
