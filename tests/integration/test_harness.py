@@ -356,14 +356,20 @@ def test_time_limit_fails_a_hanging_test(tmp_path):
     assert elapsed < 20
 
 
-def test_sanitizer_report_fails_the_test(tmp_path):
+def _leaky_program(tmp_path):
     src = tmp_path / 'leak.c'
     src.write_text('#include <stdlib.h>\n#include <string.h>\n'
-                   'int main(void) { char *p = malloc(64); memset(p, 1, 64); p = 0; return 0; }\n')
+                   'char *leaky(void) { char *p = malloc(64); memset(p, 1, 64); return p; }\n'
+                   'int main(void) { char *p = leaky(); p[1] = 2; p = 0; return 0; }\n')
     exe = tmp_path / 'leak'
-    cc = subprocess.run(['cc', '-g', '-fsanitize=address', '-o', str(exe), str(src)],
+    cc = subprocess.run(['cc', '-g', '-O0', '-fsanitize=address', '-o', str(exe), str(src)],
                         capture_output=True, text=True)
     assert cc.returncode == 0, cc.stderr
+    return exe
+
+
+def test_sanitizer_report_fails_the_test(tmp_path):
+    exe = _leaky_program(tmp_path)
     san = tmp_path / 'san'
     r = _inner_pytest(tmp_path, 'import subprocess\n\n'
                                 'def test_runs_leaky_program():\n'
@@ -371,3 +377,18 @@ def test_sanitizer_report_fails_the_test(tmp_path):
                       {'ACS_SANITIZER_LOG_DIR': str(san), 'ASAN_OPTIONS': 'detect_leaks=1'})
     assert r.returncode == 1, r.stdout + r.stderr
     assert 'sanitizer report(s)' in r.stdout and 'LeakSanitizer' in r.stdout, r.stdout
+
+
+def test_suppressed_leak_is_no_report(tmp_path):
+    exe = _leaky_program(tmp_path)
+    supp = tmp_path / 'lsan.supp'
+    supp.write_text('leak:leaky\n')
+    san = tmp_path / 'san'
+    r = _inner_pytest(tmp_path, 'import subprocess\n\n'
+                                'def test_runs_leaky_program():\n'
+                                f'    assert subprocess.run([{str(exe)!r}]).returncode == 0\n',
+                      {'ACS_SANITIZER_LOG_DIR': str(san), 'ASAN_OPTIONS': 'detect_leaks=1',
+                       'LSAN_OPTIONS': f'suppressions={supp}:print_suppressions=1'})
+    assert r.returncode == 0, r.stdout + r.stderr
+    logs = [p.read_text() for p in san.iterdir()]
+    assert logs and all('Suppressions used' in t for t in logs), logs

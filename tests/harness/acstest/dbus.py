@@ -70,7 +70,6 @@ class Bus:
         Path(self.config_file).write_text(_CONF.format(socket=self.socket))
         self.pid = None
         self._proc = None
-        procs.register(self)
         if start:
             self.start()
 
@@ -83,6 +82,7 @@ class Bus:
             return
         if os.path.exists(self.socket):
             os.unlink(self.socket)
+        procs.register(self)
         log = open(self.dir / 'dbus.log', 'ab')
         self._proc = subprocess.Popen(
             ['dbus-daemon', f'--config-file={self.config_file}', '--nofork', '--nopidfile',
@@ -119,6 +119,7 @@ class Bus:
             self._tmp = None
         elif os.path.exists(self.socket):
             os.unlink(self.socket)
+        procs.unregister(self)
 
     def env(self):
         """Environment additions pointing a D-Bus client at this bus."""

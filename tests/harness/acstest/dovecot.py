@@ -179,7 +179,7 @@ class Dovecot:
         self.cert = cert
         self._write_users()
         self._write_conf()
-        procs.register(self)
+        procs.register(self)  # until close(): stopped and cleaned up at exit at the latest
         if start:
             self.start()
 

@@ -5,27 +5,60 @@ import atexit
 import os
 import signal
 import time
-import weakref
 
-_live = weakref.WeakSet()
+# Strong references: a running server must not be garbage-collected before it is stopped.
+_live = []
 
 
 def register(obj):
     """Remembers obj so that obj.stop() runs at interpreter exit if it is still running."""
-    _live.add(obj)
+    if not any(o is obj for o in _live):
+        _live.append(obj)
 
 
 def unregister(obj):
-    _live.discard(obj)
+    _live[:] = [o for o in _live if o is not obj]
 
 
-@atexit.register
-def _stop_all():
-    for obj in list(_live):
+def stop_all():
+    """Closes (or stops) every registered object (newest first), then sweeps leftover Dovecot
+    processes; returns the pids the sweep had to kill."""
+    for obj in reversed(list(_live)):
         try:
-            obj.stop()
-        except Exception:  # noqa: BLE001 - best effort at exit
+            getattr(obj, 'close', obj.stop)()
+        except Exception:  # noqa: BLE001 - best effort
             pass
+    return sweep()
+
+
+def cmdline(pid):
+    try:
+        with open(f'/proc/{pid}/cmdline', 'rb') as f:
+            return f.read().replace(b'\0', b' ').decode(errors='replace')
+    except OSError:
+        return ''
+
+
+def tagged(tag=None):
+    """Live pids whose command line starts with 'dovecot-<tag>/' (children of Dovecots this
+    process started carry tag 'acstest-<our pid>' in their process titles)."""
+    tag = tag or f'acstest-{os.getpid()}'
+    out = []
+    for e in os.listdir('/proc'):
+        if e.isdigit() and cmdline(int(e)).startswith(f'dovecot-{tag}/') and alive(int(e)):
+            out.append(int(e))
+    return out
+
+
+def sweep():
+    """SIGKILLs processes left over from Dovecots this process started; returns their pids."""
+    left = tagged()
+    kill_all(left)
+    wait_gone(left, 5)
+    return left
+
+
+atexit.register(stop_all)
 
 
 def _stat(pid):
