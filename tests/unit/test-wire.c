@@ -428,6 +428,76 @@ TEST(tamper_table)
         world_done(&w);
 }
 
+/* Deterministic PRNG (xorshift64*), so failures reproduce. */
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rng(void)
+{
+        rng_state ^= rng_state >> 12;
+        rng_state ^= rng_state << 25;
+        rng_state ^= rng_state >> 27;
+        return rng_state * UINT64_C(2685821657736338717);
+}
+
+/*
+ * Random multi-byte damage and splices of two genuine messages (header of one, body or
+ * signature of the other): none opens, and afterwards both genuine ones still do.
+ */
+TEST(random_damage_and_splices)
+{
+        struct world w;
+        world_init(&w);
+        uint8_t *a, *b, *c, *d;
+        size_t la, lb, lc, ld;
+        CHECK_INT(acs_wire_seal(w.child1, 0, ACS_WIRE_P_CHANGE, "mailbox=INBOX", 13, &a, &la), 0);
+        CHECK_INT(acs_wire_seal(w.child1, 0, ACS_WIRE_P_CHANGE, "mailbox=Sent!", 13, &b, &lb), 0);
+        CHECK_INT(acs_wire_seal(w.acsd, 1, ACS_WIRE_P_CRED, "password-one", 12, &c, &lc), 0);
+        CHECK_INT(acs_wire_seal(w.acsd, 1, ACS_WIRE_P_CRED, "password-two", 12, &d, &ld), 0);
+        static uint8_t t[1024];
+        int rejected = 0;
+        for (int i = 0; i < 20000; i++) {
+                int boxed = i & 1;
+                const uint8_t *x = boxed ? c : a, *y = boxed ? d : b;
+                size_t lx = boxed ? lc : la;
+                size_t len = lx;
+                memcpy(t, x, lx);
+                switch (rng() % 3) {
+                case 0: { /* 2..8 random bytes changed */
+                        int n = 2 + (int)(rng() % 7);
+                        for (int k = 0; k < n; k++) {
+                                size_t at = rng() % lx;
+                                t[at] ^= (uint8_t)(1 + rng() % 255);
+                        }
+                        break;
+                }
+                case 1: { /* splice: a prefix of x, the rest of y (same length) */
+                        size_t cut = 1 + rng() % (lx - 1);
+                        memcpy(t + cut, y + cut, lx - cut);
+                        if (memcmp(t, x, lx) == 0 || memcmp(t, y, lx) == 0)
+                                t[rng() % lx] ^= 0x80; /* a splice that is one of them is no test */
+                        break;
+                }
+                default: /* random length and bytes after a genuine header */
+                        len = 28 + rng() % 200;
+                        for (size_t k = 28; k < len; k++)
+                                t[k] = (uint8_t)rng();
+                        break;
+                }
+                acs_wire_msg msg = { 0 };
+                int r = acs_wire_open(boxed ? w.child1 : w.acsd, t, len, ALL, &msg, NULL);
+                if (r < 0)
+                        rejected++;
+                else
+                        acs_wire_msg_clear(&msg);
+        }
+        CHECK_INT(rejected, 20000);
+        expect_accept(w.acsd, a, la, "genuine a");
+        expect_accept(w.acsd, b, lb, "genuine b");
+        expect_accept(w.child1, c, lc, "genuine c");
+        expect_accept(w.child1, d, ld, "genuine d");
+        free(a), free(b), free(c), free(d);
+        world_done(&w);
+}
+
 TEST(replay_and_order)
 {
         struct world w;
