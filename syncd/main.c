@@ -408,7 +408,14 @@ int main(int argc, char **argv)
 
         progress_init(o.progress_json);
         syncd sd = {.opts = &o, .store = store, .wake_fd = wake_pipe[0]};
+        r = writer_start(o.db_path, &sd.writer);
+        if (r < 0) {
+                acs_store_close(store);
+                sodium_free(o.password);
+                return EX_IOERR;
+        }
         int status = run(&sd);
+        sd.writer = writer_stop(sd.writer);
         if (syncd_stop)
                 acs_log(LOG_NOTICE, "stopped by signal");
         progress_finish();

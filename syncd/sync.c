@@ -20,9 +20,6 @@
 #define BATCH_FIRST_MSGS 25
 #define BATCH_MAX_MSGS 2000
 #define BATCH_MAX_BYTES (8u << 20)
-/* Bodies above this go to the store in pieces (no second copy inside SQLite). */
-#define BODY_STREAM_MIN (1u << 20)
-#define BODY_PIECE (256u << 10)
 /* Largest message we accept; matches what the connection layer bounds. */
 #define BODY_MAX ((size_t)1 << 30)
 
@@ -164,16 +161,6 @@ static void xqsort(void *base, size_t n, size_t size, int (*cmp)(const void *, c
                 qsort(base, n, size, cmp);
 }
 
-/* One message as the server describes it (no body). */
-typedef struct srvmsg {
-        uint32_t uid;
-        uint32_t size;        /* RFC822.SIZE */
-        unsigned flags;       /* enum acs_flag */
-        bool have_flags;
-        uint64_t modseq;
-        char *keywords;       /* malloc'd, sorted, space-separated; NULL = not fetched */
-        int64_t internaldate;
-} srvmsg;
 
 typedef struct srvlist {
         srvmsg *v;
@@ -328,6 +315,7 @@ static int srvmsg_from_att(struct mailimap_msg_att *att, srvmsg *ret)
                         struct mailimap_msg_att_static *st = item->att_data.att_static;
                         switch (st->att_type) {
                         case MAILIMAP_MSG_ATT_UID: m.uid = st->att_data.att_uid; break;
+                        case MAILIMAP_MSG_ATT_BODY_SECTION: m.have_body = true; break;
                         case MAILIMAP_MSG_ATT_RFC822_SIZE: m.size = st->att_data.att_rfc822_size; break;
                         case MAILIMAP_MSG_ATT_INTERNALDATE:
                                 if (st->att_data.att_internal_date)
@@ -429,84 +417,6 @@ static void body_reset(fetchctx *fc)
         }
 }
 
-static void note_keywords(acs_store *st, const char *kw)
-{
-        /* Give every keyword a Maildir letter (a..z) so the tree can show it. */
-        const char *p = kw;
-        while (p && *p) {
-                const char *e = strchr(p, ' ');
-                size_t l = e ? (size_t)(e - p) : strlen(p);
-                char buf[256];
-                if (l < sizeof(buf)) {
-                        int idx;
-                        memcpy(buf, p, l);
-                        buf[l] = 0;
-                        (void)acs_store_keyword_index(st, buf, true, &idx); /* -ENOSPC past 26: no letter */
-                }
-                p = e ? e + 1 : NULL;
-        }
-}
-
-static int store_body(acs_store *st, char *data, size_t len, int64_t *ret_id)
-{
-        if (len < BODY_STREAM_MIN)
-                return acs_store_body_put(st, data, len, ret_id);
-        int64_t id;
-        int r = acs_store_body_create(st, len, &id);
-        if (r < 0)
-                return r;
-        for (size_t off = 0; off < len; off += BODY_PIECE) {
-                size_t n = len - off < BODY_PIECE ? len - off : BODY_PIECE;
-                r = acs_store_body_write(st, id, off, data + off, n);
-                if (r < 0)
-                        return r;
-        }
-        return acs_store_body_finish(st, id, ret_id);
-}
-
-static int store_message(fetchctx *fc, srvmsg *m)
-{
-        acs_store *st = fc->sd->store;
-        int r;
-
-        acs_message old = {0};
-        r = acs_store_message_get_by_uid(st, fc->mailbox_id, m->uid, &old);
-        if (r == 0) {
-                /* Already here (a resumed batch): nothing to add. */
-                acs_message_clear(&old);
-                return 0;
-        }
-        if (r != -ENOENT)
-                return r;
-
-        size_t len = acs_crlf_to_lf(fc->body, fc->body_len);
-        uint64_t vsize = acs_lf_vsize(fc->body, len);
-        int64_t body_id;
-        r = store_body(st, fc->body, len, &body_id);
-        if (r < 0)
-                return r;
-        acs_message msg = {
-                .mailbox_id = fc->mailbox_id,
-                .uid = m->uid,
-                .modseq = m->modseq,
-                .flags = m->flags,
-                .keywords = m->keywords ? m->keywords : (char *)"",
-                .internaldate = m->internaldate,
-                .size = len,
-                .vsize = vsize,
-                .body_id = body_id,
-                .state = (m->flags & ACS_FLAG_SEEN) ? 0 : ACS_MSG_NEW,
-        };
-        r = acs_store_message_add(st, &msg);
-        free(msg.uniq);
-        if (r < 0)
-                return r;
-        note_keywords(st, m->keywords);
-        fc->stored_msgs++;
-        fc->stored_bytes += fc->body_len;
-        return 0;
-}
-
 static void on_att(struct mailimap_msg_att *att, void *userdata)
 {
         fetchctx *fc = userdata;
@@ -535,12 +445,20 @@ static void on_att(struct mailimap_msg_att *att, void *userdata)
         if (fc->body_too_big) {
                 acs_log_mb(LOG_ERR, fc->mbname, "message uid %u is larger than %zu bytes; not cached",
                            m.uid, BODY_MAX);
+        } else if (!m.have_body) {
+                /* an unsolicited FETCH (flags) in the middle of ours: the next sync applies it */
         } else if (!m.have_flags) {
                 fc->error = -EPROTO;
         } else {
-                r = store_message(fc, &m);
+                r = writer_push_msg(fc->sd->writer, fc->mailbox_id, &m, fc->body, fc->body_len);
+                fc->body = NULL; /* the writer owns it now */
+                fc->body_len = fc->body_cap = 0;
                 if (r < 0)
                         fc->error = r;
+                else {
+                        fc->stored_msgs++;
+                        fc->stored_bytes += m.size;
+                }
         }
         free(m.keywords);
 out:
@@ -669,7 +587,7 @@ static int apply_flags(acs_store *st, localmsg *lm, const srvmsg *sm)
                 r = acs_store_message_set_flags(st, lm->id, sm->flags, kw, sm->modseq);
                 if (r < 0)
                         return r;
-                note_keywords(st, kw);
+                syncd_note_keywords(st, kw);
         }
         if ((lm->state & ACS_MSG_NEW) && (sm->flags & ACS_FLAG_SEEN)) {
                 r = acs_store_message_set_state(st, lm->id, lm->state & ~ACS_MSG_NEW);
@@ -751,7 +669,6 @@ static int cmp_uid_desc(const void *a, const void *b)
 static int fetch_missing(mbsync *ms, bool final_state)
 {
         syncd *sd = ms->sd;
-        acs_store *st = sd->store;
         int r = 0;
 
         xqsort(ms->missing.v, ms->missing.n, sizeof(*ms->missing.v), cmp_uid_desc);
@@ -762,6 +679,8 @@ static int fetch_missing(mbsync *ms, bool final_state)
 
         struct mailimap_fetch_type *ft = fetch_type(true, true, true, sd->caps.condstore, true);
         uint32_t *uids = malloc((ms->missing.n ? ms->missing.n : 1) * sizeof(*uids));
+        /* batches handed to the writer and not yet reported: (seq, msgs, bytes) */
+        uint64_t prev_seq = 0, prev_n = 0, prev_bytes = 0;
         if (!ft || !uids) {
                 r = -ENOMEM;
                 goto out;
@@ -787,28 +706,39 @@ static int fetch_missing(mbsync *ms, bool final_state)
                 }
                 fetchctx fc = {.sd = sd, .mailbox_id = ms->mb.id, .mbname = ms->mb.name,
                                .store_bodies = true};
-                r = acs_store_begin(st, false);
-                if (r < 0) {
-                        mailimap_set_free(set);
-                        goto out;
-                }
                 r = uid_fetch_stream(sd, set, ft, 0, &fc);
                 mailimap_set_free(set);
-                if (r == 0 && i + n == ms->missing.n && final_state)
-                        r = acs_store_mailbox_set_state(st, ms->mb.id, ms->uidvalidity,
-                                                        ms->uidnext, ms->highestmodseq);
+                /* The writer commits this batch (with the mailbox state after the last one)
+                 * while we fetch the next; we report a batch once it is committed. */
+                uint64_t seq = 0;
                 if (r == 0)
-                        r = acs_store_commit(st);
-                if (r < 0) {
-                        acs_store_rollback(st);
+                        r = writer_commit(sd->writer, ms->mb.id, i + n == ms->missing.n && final_state,
+                                          ms->uidvalidity, ms->uidnext, ms->highestmodseq, &seq);
+                if (r == 0 && prev_seq)
+                        r = writer_wait(sd->writer, prev_seq);
+                if (r < 0)
                         goto out;
-                }
-                progress_add(n, bytes);
+                if (prev_seq)
+                        progress_add(prev_n, prev_bytes);
+                prev_seq = seq;
+                prev_n = n;
+                prev_bytes = bytes;
                 i += n;
                 if (batch_max < BATCH_MAX_MSGS)
                         batch_max = batch_max * 4 > BATCH_MAX_MSGS ? BATCH_MAX_MSGS : batch_max * 4;
         }
+        if (prev_seq) {
+                r = writer_wait(sd->writer, prev_seq);
+                if (r == 0)
+                        progress_add(prev_n, prev_bytes);
+        }
 out:
+        if (r < 0) {
+                /* whatever the writer had of an unfinished batch is rolled back */
+                int wr = writer_reset(sd->writer);
+                if (wr < 0 && (r == -EINTR || r == -ECONNRESET || r == -EPROTO))
+                        r = wr;
+        }
         progress_mailbox_end();
         free(uids);
         if (ft)

@@ -25,6 +25,40 @@ typedef struct syncd_opts {
         char *password; /* sodium_malloc'd, NUL-terminated; wiped and freed at exit */
 } syncd_opts;
 
+/* One message as the server describes it (no body). */
+typedef struct srvmsg {
+        uint32_t uid;
+        uint32_t size;        /* RFC822.SIZE */
+        unsigned flags;       /* enum acs_flag */
+        bool have_flags;
+        bool have_body;       /* a BODY[] section was in the response */
+        uint64_t modseq;
+        char *keywords;       /* malloc'd, sorted, space-separated; NULL = not fetched */
+        int64_t internaldate;
+} srvmsg;
+
+/* ---- writer.c: stores fetched messages in a thread with its own cache handle ---- */
+typedef struct writer writer;
+/* Opens a second handle on db_path and starts the thread. */
+int writer_start(const char *db_path, writer **ret);
+/* Stops the thread (an open batch is rolled back), closes the handle; returns NULL. */
+writer *writer_stop(writer *w);
+/*
+ * Queues one message; takes ownership of body (CRLF, malloc'd) and m->keywords (set to
+ * NULL). Waits while too much is queued. Returns the writer's first error, if any.
+ */
+int writer_push_msg(writer *w, int64_t mailbox_id, srvmsg *m, char *body, size_t len);
+/* Queues a commit of everything queued so far, with the mailbox state when set_state. */
+int writer_commit(writer *w, int64_t mailbox_id, bool set_state, uint32_t uidvalidity, uint32_t uidnext,
+                  uint64_t highestmodseq, uint64_t *ret_seq);
+/* Waits until commit seq is done; returns the writer's first error. */
+int writer_wait(writer *w, uint64_t seq);
+int writer_error(writer *w);
+/* Waits for the queue to drain, rolls back an open batch, clears and returns the error. */
+int writer_reset(writer *w);
+/* Assigns Maildir keyword letters to each of the space-separated keywords. */
+void syncd_note_keywords(acs_store *st, const char *keywords);
+
 /* Server capabilities that change what we send (read after login). */
 typedef struct syncd_caps {
         bool qresync, condstore, notify, idle, special_use, enable;
@@ -33,6 +67,7 @@ typedef struct syncd_caps {
 typedef struct syncd {
         const syncd_opts *opts;
         acs_store *store;
+        writer *writer;         /* stores bodies during FETCH */
         mailimap *imap;         /* NULL while disconnected */
         syncd_caps caps;
         bool qresync_enabled;   /* ENABLE QRESYNC succeeded on this connection */

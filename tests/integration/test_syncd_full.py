@@ -179,7 +179,7 @@ def test_password_fd(dovecot, tmp_path):
 
 
 def test_sigterm_mid_sync_then_resume(dovecot, tmp_path):
-    corpus = Corpus(seed=7, count=3000, folders=['INBOX', 'Lists', 'Work'], avg_size=20000)
+    corpus = Corpus(seed=7, count=4000, folders=['INBOX', 'Lists', 'Work'], avg_size=40000)
     corpus.seed_maildir(dovecot, 'user1')
     db = tmp_path / 'cache.db'
     with Daemon(dovecot, db) as d:
@@ -190,11 +190,11 @@ def test_sigterm_mid_sync_then_resume(dovecot, tmp_path):
         assert time.monotonic() - t < 5
         assert not [e for e in d.events if e['event'] == 'synced'], 'sync finished before SIGTERM; test proves nothing'
     partial = sum(len(v) for v in cache_state(db, bodies=False).values())
-    assert 0 < partial < 3000
+    assert 0 < partial < 4000
     run_once(dovecot, db)
     c = dovecot.client('user1')
     try:
         srv = assert_cache_equals_server(db, c, fresh=True)
     finally:
         c.logout()
-    assert sum(len(v) for v in srv.values()) == 3000
+    assert sum(len(v) for v in srv.values()) == 4000

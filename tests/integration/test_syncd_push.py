@@ -76,7 +76,7 @@ def test_push_in_every_folder(dovecot, tmp_path):
 
 
 def test_server_restart_mid_sync(dovecot, tmp_path):
-    corpus = Corpus(seed=32, count=3000, folders=['INBOX', 'Lists'], avg_size=20000)
+    corpus = Corpus(seed=32, count=4000, folders=['INBOX', 'Lists'], avg_size=40000)
     corpus.seed_maildir(dovecot, 'user1')
     db = tmp_path / 'cache.db'
     with Daemon(dovecot, db) as d:
@@ -90,7 +90,7 @@ def test_server_restart_mid_sync(dovecot, tmp_path):
             srv = assert_cache_equals_server(db, c, fresh=True)
         finally:
             c.logout()
-        assert sum(len(v) for v in srv.values()) == 3000
+        assert sum(len(v) for v in srv.values()) == 4000
         # after the reconnect, push works again
         c = dovecot.client('user1')
         try:
