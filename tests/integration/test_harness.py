@@ -2,6 +2,7 @@
 """Self-tests of the acstest harness against the real parts: Dovecot, openssl, dbus, FUSE."""
 
 import imaplib
+import json
 import os
 import socket
 import ssl
@@ -27,17 +28,8 @@ def _caps(client):
 
 def _compare(corpus, state, bodies=True):
     """Asserts that the server state equals the corpus, message by message."""
-    expect = corpus.by_folder()
-    assert set(state) == set(expect), 'folders differ'
-    for folder, msgs in expect.items():
-        got = state[folder]
-        assert len(got) == len(msgs), f'{folder}: {len(got)} messages, expected {len(msgs)}'
-        for m, (uid, flags, idate, body) in zip(msgs, got):
-            assert uid == m.uid, f'{m}: uid {uid}'
-            assert flags == frozenset(m.flags), f'{m}: flags {sorted(flags)}'
-            assert idate == m.internaldate, f'{m}: internaldate {idate}'
-            if bodies:
-                assert body == m.data, f'{m}: body differs ({len(body)} bytes)'
+    diff = imapcheck.diff_corpus(corpus, state, bodies)
+    assert diff == [], diff
 
 
 # -- Dovecot, TLS and logins -----------------------------------------------------------
@@ -175,16 +167,52 @@ def test_corpus_is_deterministic_and_covers_kinds():
                any(c > 127 for c in m.data) for m in a.messages)
 
 
+def _isolated(code, timeout=300):
+    """Runs code in a fresh Debian python with the harness importable; returns the JSON it
+    prints last. Big corpora run there so the pytest process keeps a small RSS: children
+    forked from it inherit its RSS as their ru_maxrss, which other tests measure."""
+    env = dict(os.environ, PYTHONPATH=str(paths.REPO / 'tests' / 'harness'))
+    r = subprocess.run(['/usr/bin/python3', '-c', code], env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def test_corpus_big_scale():
-    t = time.monotonic()
-    c = Corpus(1, 10000, avg_size=20000)
-    elapsed = time.monotonic() - t
-    assert len(c.messages) == 10000
-    assert c.total_bytes() >= 200_000_000, c.total_bytes()
-    assert len({m.folder for m in c.messages}) >= 10
-    assert elapsed < 20, f'generating 10,000 messages took {elapsed:.1f}s'
-    big = Corpus(1, 3, big=True)
-    assert len(big.messages) == 4 and len(big.messages[-1].data) >= BIG_SIZE
+    res = _isolated(
+        'import json, time\n'
+        'from acstest.corpus import Corpus, BIG_SIZE\n'
+        't = time.monotonic()\n'
+        'c = Corpus(1, 10000, avg_size=20000)\n'
+        'gen = time.monotonic() - t\n'
+        'big = Corpus(1, 3, big=True)\n'
+        'print(json.dumps({"n": len(c.messages), "bytes": c.total_bytes(), "gen": gen,\n'
+        '    "folders": len({m.folder for m in c.messages}), "big_n": len(big.messages),\n'
+        '    "big_last": len(big.messages[-1].data), "BIG": BIG_SIZE}))\n')
+    assert res['n'] == 10000
+    assert res['bytes'] >= 200_000_000, res
+    assert res['folders'] >= 10, res
+    assert res['gen'] < 20, f'generating 10,000 messages took {res["gen"]:.1f}s'
+    assert res['big_n'] == 4 and res['big_last'] >= res['BIG'], res
+
+
+def test_diff_corpus_detects_differences():
+    corpus = Corpus(5, 30)
+    good = {f: [(m.uid, frozenset(m.flags), m.internaldate, m.data) for m in ms]
+            for f, ms in corpus.by_folder().items()}
+    assert imapcheck.diff_corpus(corpus, good) == []
+    m = corpus.messages[0]
+    for change, word in (
+            (lambda st: st[m.folder].__setitem__(0, (m.uid, frozenset({r'\Deleted'}), m.internaldate, m.data)), 'flags'),
+            (lambda st: st[m.folder].__setitem__(0, (m.uid, frozenset(m.flags), m.internaldate + 1, m.data)), 'internaldate'),
+            (lambda st: st[m.folder].__setitem__(0, (m.uid, frozenset(m.flags), m.internaldate, m.data[:-1])), 'body'),
+            (lambda st: st[m.folder].__setitem__(0, (m.uid + 7, frozenset(m.flags), m.internaldate, m.data)), 'uid'),
+            (lambda st: st[m.folder].pop(), 'messages'),
+            (lambda st: st.pop('Lists'), 'only in corpus')):
+        st = {f: list(v) for f, v in good.items()}
+        change(st)
+        diff = imapcheck.diff_corpus(corpus, st)
+        assert diff and word in diff[0], (word, diff)
 
 
 def test_mutf7_and_maildir_names():
@@ -199,36 +227,61 @@ def test_mutf7_and_maildir_names():
         mutf7.maildirpp_dir('a.b')
 
 
-def test_seeded_corpus_equals_imap(dovecot):
-    corpus = Corpus(11, 300, big=True)
-    root = corpus.seed_maildir(dovecot, 'user1')
-    assert os.path.isdir(os.path.join(root, '.Entw&APw-rfe', 'cur'))
-    assert not any(',S=' in f for _, _, fs in os.walk(root) for f in fs)
-    c = dovecot.client('user1')
-    try:
-        state = imapcheck.server_state(c)
-        typ, raw = c.list('""', '*')
-    finally:
-        c.logout()
-    _compare(corpus, state)
-    assert any(len(b) >= BIG_SIZE for msgs in state.values() for _, _, _, b in msgs)
-    raw = b'\n'.join(x if isinstance(x, bytes) else x[0] for x in raw)
-    for folder in corpus.folders():
-        assert mutf7.imap_name(folder).encode() in raw, folder
+def test_seeded_corpus_equals_imap(harness_tmp):
+    # In a child process: the 30 MB message would leave the pytest process big.
+    res = _isolated(
+        'import json, os\n'
+        'from acstest.corpus import Corpus, BIG_SIZE\n'
+        'from acstest.dovecot import Dovecot\n'
+        'from acstest import imapcheck, mutf7\n'
+        f'dv = Dovecot({str(harness_tmp / "dv")!r})\n'
+        'corpus = Corpus(11, 300, big=True)\n'
+        'root = corpus.seed_maildir(dv, "user1")\n'
+        'c = dv.client("user1")\n'
+        'state = imapcheck.server_state(c)\n'
+        'typ, raw = c.list(\'""\', "*")\n'
+        'c.logout()\n'
+        'dv.close()\n'
+        'raw = b"\\n".join(x if isinstance(x, bytes) else x[0] for x in raw)\n'
+        'print(json.dumps({\n'
+        '  "diff": imapcheck.diff_corpus(corpus, state),\n'
+        '  "names_missing": sorted(f for f in corpus.folders()\n'
+        '                          if mutf7.imap_name(f).encode() not in raw),\n'
+        '  "entw_dir": os.path.isdir(os.path.join(root, ".Entw&APw-rfe", "cur")),\n'
+        '  "s_eq": [f for _, _, fs in os.walk(root) for f in fs if ",S=" in f],\n'
+        '  "big_served": max(len(b) for ms in state.values() for _, _, _, b in ms),\n'
+        '  "BIG": BIG_SIZE, "kinds": sorted({m.kind for m in corpus.messages})}))\n')
+    assert res['diff'] == [], res['diff']
+    assert res['names_missing'] == []
+    assert res['entw_dir'] and res['s_eq'] == []
+    assert res['big_served'] >= res['BIG']
+    assert 'big' in res['kinds'] and len(res['kinds']) == len(KINDS) + 1
 
 
-def test_seed_10k_corpus(dovecot):
-    corpus = Corpus(3, 10000, avg_size=20000)
-    t = time.monotonic()
-    corpus.seed_maildir(dovecot, 'user2')
-    seed_s = time.monotonic() - t
-    c = dovecot.client('user2')
-    try:
-        state = imapcheck.server_state(c, bodies=False)
-    finally:
-        c.logout()
-    _compare(corpus, state, bodies=False)
-    assert seed_s < 60, f'seeding took {seed_s:.1f}s'
+def test_seed_10k_corpus(harness_tmp):
+    res = _isolated(
+        'import json, time\n'
+        'from acstest.corpus import Corpus\n'
+        'from acstest.dovecot import Dovecot\n'
+        'from acstest import imapcheck\n'
+        f'dv = Dovecot({str(harness_tmp / "dv")!r})\n'
+        'corpus = Corpus(3, 10000, avg_size=20000)\n'
+        't = time.monotonic()\n'
+        'corpus.seed_maildir(dv, "user2")\n'
+        'seed = time.monotonic() - t\n'
+        'c = dv.client("user2")\n'
+        'state = imapcheck.server_state(c, bodies=False)\n'
+        'c.logout()\n'
+        'dv.close()\n'
+        'exp = {f: [[m.uid, sorted(m.flags), m.internaldate] for m in ms]\n'
+        '       for f, ms in corpus.by_folder().items()}\n'
+        'got = {f: [[u, sorted(fl), d] for u, fl, d, _ in ms] for f, ms in state.items()}\n'
+        'bad = [f for f in set(exp) | set(got) if exp.get(f) != got.get(f)]\n'
+        'print(json.dumps({"seed": seed, "bad": sorted(bad), "n": sum(map(len, got.values())),\n'
+        '                  "bytes": corpus.total_bytes()}))\n')
+    assert res['bad'] == [], f'folders differing from the corpus: {res["bad"]}'
+    assert res['n'] == 10000 and res['bytes'] >= 200_000_000, res
+    assert res['seed'] < 60, f'seeding took {res["seed"]:.1f}s'
 
 
 def test_append_equals_corpus(dovecot):

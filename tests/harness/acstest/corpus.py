@@ -301,14 +301,20 @@ class Corpus:
                                   if not f.startswith('\\'))
                 base = f'{m.internaldate}.M{m.index}P{self.seed}.acstest'
                 p = d / 'cur' / f'{base}:2,{"".join(letters)}'
-                with open(p, 'wb') as fh:
-                    fh.write(m.data.replace(b'\r\n', b'\n'))
-                os.utime(p, (m.internaldate, m.internaldate))
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    os.write(fd, m.data.replace(b'\r\n', b'\n'))
+                    os.fchown(fd, uid, gid)
+                    os.utime(fd, (m.internaldate, m.internaldate))
+                finally:
+                    os.close(fd)
                 uidlist.append(f'{m.uid} :{base}:2,{"".join(letters)}\n')
             (d / 'dovecot-uidlist').write_text(''.join(uidlist))
             made.append(d)
         for dirpath, dirnames, filenames in os.walk(home):
             os.chown(dirpath, uid, gid)
+            if os.path.basename(dirpath) == 'cur':
+                continue  # message files got their owner when written
             for f in filenames:
                 os.chown(os.path.join(dirpath, f), uid, gid)
         return str(root)

@@ -118,3 +118,30 @@ def server_state(client, bodies=True):
     bodies=False the body is None (cheap for big corpora).
     """
     return {f: fetch_folder(client, f, bodies) for f in list_folders(client)}
+
+
+def diff_corpus(corpus, state, bodies=True, limit=20):
+    """Differences between a Corpus (as seeded or appended into empty folders) and a
+    server_state(): a list of human-readable strings, empty when they are equal (folders,
+    per-folder counts, UIDs, flags and keywords, INTERNALDATE, and bodies if asked)."""
+    out = []
+    expect = corpus.by_folder()
+    for f in sorted(set(expect) ^ set(state)):
+        out.append(f'folder {f!r} only {"in corpus" if f in expect else "on server"}')
+    for folder, msgs in expect.items():
+        got = state.get(folder)
+        if got is None:
+            continue
+        if len(got) != len(msgs):
+            out.append(f'{folder!r}: {len(got)} messages on server, {len(msgs)} in corpus')
+            continue
+        for m, (uid, flags, idate, body) in zip(msgs, got):
+            if uid != m.uid:
+                out.append(f'{m}: server uid {uid}')
+            if flags != frozenset(m.flags):
+                out.append(f'{m}: server flags {sorted(flags)}')
+            if idate != m.internaldate:
+                out.append(f'{m}: server internaldate {idate}')
+            if bodies and body != m.data:
+                out.append(f'{m}: server body differs ({len(body or b"")} bytes)')
+    return out[:limit]
