@@ -140,6 +140,34 @@ def test_restart_keeps_ports_and_data(dovecot):
     assert [(u, f, b) for u, f, _, b in state['INBOX']] == [(1, frozenset({r'\Flagged'}), msg)]
 
 
+def test_kill_and_start_again(dovecot):
+    c = dovecot.client('user1')
+    pids = dovecot.pids()
+    dovecot.kill()
+    assert not [p for p in pids if procs.alive(p)]
+    assert not dovecot.running
+    with pytest.raises((OSError, imaplib.IMAP4.abort)):
+        c.noop()
+    ports = (dovecot.imap_port, dovecot.imaps_port)
+    dovecot.start()
+    assert (dovecot.imap_port, dovecot.imaps_port) == ports
+    dovecot.client('user1').logout()
+
+
+def test_taken_port_on_first_start_moves(tmp_path):
+    dv = Dovecot(tmp_path / 'dv', start=False)
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', dv.imaps_port))
+        s.listen()
+        taken = dv.imaps_port
+        dv.start()
+        try:
+            assert dv.running and dv.imaps_port != taken
+            dv.client('user2').logout()
+        finally:
+            dv.close()
+
+
 # -- corpus ----------------------------------------------------------------------------
 
 def test_corpus_is_deterministic_and_covers_kinds():

@@ -114,6 +114,10 @@ _MAILBOX = """\
 """
 
 
+class _PortTaken(RuntimeError):
+    """Dovecot could not bind a port: something took it after free_port() chose it."""
+
+
 def _short_dir(prefix):
     d = tempfile.mkdtemp(prefix=prefix, dir='/tmp')
     os.chmod(d, 0o755)
@@ -141,6 +145,7 @@ class Dovecot:
         self._master_pid = None
         self._pids = set()
         self._cleanup_dirs = []
+        self._started_once = False
 
         pw = pwd.getpwnam('nobody')
         self.mail_uid = pw.pw_uid
@@ -274,19 +279,37 @@ class Dovecot:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self):
+        """Starts Dovecot and returns when both ports listen. If a port was taken meanwhile
+        on the very first start, new free ports are picked (never on a restart)."""
         if self.running:
             return
+        for attempt in range(5):
+            try:
+                return self._start()
+            except _PortTaken:
+                if self._started_once or attempt == 4:
+                    raise
+                self.imap_port = paths.free_port()
+                self.imaps_port = paths.free_port()
+                self._write_conf()
+
+    def _start(self):
         self.base_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base_dir, 0o755)
+        pidfile = self.base_dir / 'master.pid'
+        try:
+            pidfile.unlink()  # stale after a SIGKILL; must not be mistaken for the new one
+        except FileNotFoundError:
+            pass
         # The daemon inherits stdout/stderr: a file, never a pipe (a pipe would stay open).
         out = self.log_dir / 'dovecot.out'
         with open(out, 'wb') as f:
             r = subprocess.run([DOVECOT, '-c', self.conf_file], stdin=subprocess.DEVNULL,
                                stdout=f, stderr=subprocess.STDOUT)
         if r.returncode != 0:
-            raise RuntimeError(f'dovecot failed to start ({r.returncode}): '
-                               f'{out.read_text(errors="replace")}\n{self.log_tail()}')
-        pidfile = self.base_dir / 'master.pid'
+            text = out.read_text(errors='replace')
+            cls = _PortTaken if 'Address already in use' in text else RuntimeError
+            raise cls(f'dovecot failed to start ({r.returncode}): {text}\n{self.log_tail()}')
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             try:
@@ -303,6 +326,7 @@ class Dovecot:
             # that delays a stop() right after start() by seconds.
             if paths.port_listening(self.imap_port) and paths.port_listening(self.imaps_port):
                 self._pids.update(self.pids())
+                self._started_once = True
                 return
             time.sleep(0.005)
         self.stop()
@@ -336,6 +360,21 @@ class Dovecot:
         while time.monotonic() < deadline and (paths.port_listening(self.imap_port)
                                                or paths.port_listening(self.imaps_port)):
             time.sleep(0.01)
+        self._master_pid = None
+        self._pids = set()
+        if left:
+            raise RuntimeError(f'dovecot processes {left} survived SIGKILL')
+
+    def kill(self):
+        """Kills the master and all its processes with SIGKILL at once (a crashed server:
+        clients see their connections reset); returns when they are gone. start() works
+        afterwards, on the same ports."""
+        master = self._master_pid
+        if master is None:
+            return
+        pids = set(self.pids()) | self._pids | {master}
+        procs.kill_all(pids)
+        left = procs.wait_gone(pids, 5)
         self._master_pid = None
         self._pids = set()
         if left:
