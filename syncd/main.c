@@ -24,6 +24,15 @@
 #define BACKOFF_MAX_SEC 60
 
 volatile sig_atomic_t syncd_stop;
+static struct timespec t_start;
+
+/* Milliseconds since start, for the debug log's phase timings. */
+static double ms_since_start(void)
+{
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (double)(t.tv_sec - t_start.tv_sec) * 1e3 + (double)(t.tv_nsec - t_start.tv_nsec) / 1e6;
+}
 static int wake_pipe[2] = {-1, -1};
 
 static void on_signal(int sig)
@@ -100,11 +109,11 @@ static void disconnect(syncd *sd, bool polite)
         sd->qresync_enabled = false;
 }
 
-static void read_caps(syncd *sd)
+static void read_caps(syncd *sd, bool fresh)
 {
         struct mailimap_capability_data *cd = NULL;
-        /* refresh: servers announce more after login */
-        if (mailimap_capability(sd->imap, &cd) == MAILIMAP_NO_ERROR && cd)
+        /* servers announce more after login; ask unless the login reply carried the list */
+        if (!fresh && mailimap_capability(sd->imap, &cd) == MAILIMAP_NO_ERROR && cd)
                 mailimap_capability_data_free(cd);
         sd->caps = (syncd_caps){
                 .qresync = mailimap_has_extension(sd->imap, "QRESYNC"),
@@ -158,12 +167,15 @@ static int connect_login(syncd *sd)
         };
         _cleanup_free_ char *err = NULL;
         mailimap *imap = NULL;
+        acs_log(LOG_DEBUG, "%.1f ms: connecting", ms_since_start());
         int r = acs_imap_connect(&t, &imap, &err);
         if (r < 0) {
                 acs_log(LOG_ERR, "cannot connect to %s: %s", o->url, err ? err : strerror(-r));
                 return r;
         }
         err = acs_free(err);
+        acs_log(LOG_DEBUG, "%.1f ms: connected, logging in", ms_since_start());
+        const void *caps_before = imap->imap_connection_info ? imap->imap_connection_info->imap_capability : NULL;
         r = acs_imap_login(imap, o->user, o->password, &err);
         if (r < 0) {
                 acs_log(LOG_ERR, "login as %s at %s failed: %s", o->user, o->url, err ? err : strerror(-r));
@@ -174,13 +186,15 @@ static int connect_login(syncd *sd)
         r = syncd_wrap_eof(imap);
         if (r < 0)
                 return r;
-        read_caps(sd);
+        const void *caps_after = imap->imap_connection_info ? imap->imap_connection_info->imap_capability : NULL;
+        read_caps(sd, caps_after && caps_after != caps_before);
         r = enable_qresync(sd);
         if (r < 0) {
                 acs_log(LOG_WARNING, "ENABLE QRESYNC failed; using CONDSTORE");
                 if (r == -ECONNRESET || r == -EPROTO)
                         return r;
         }
+        acs_log(LOG_DEBUG, "%.1f ms: logged in", ms_since_start());
         acs_log(LOG_INFO, "connected to %s as %s (%s%s%s%s)", o->url, o->user,
                 sd->qresync_enabled ? "QRESYNC " : "", sd->caps.condstore ? "CONDSTORE " : "",
                 sd->caps.notify ? "NOTIFY " : "", sd->caps.idle ? "IDLE" : "");
@@ -220,8 +234,10 @@ static int run(syncd *sd)
                         goto retry;
                 }
                 r = syncd_sync_list(sd);
+                acs_log(LOG_DEBUG, "%.1f ms: mailbox list read", ms_since_start());
                 if (r == 0)
                         r = syncd_sync_all(sd, true);
+                acs_log(LOG_DEBUG, "%.1f ms: mailboxes synced", ms_since_start());
                 if (r == 0 && sd->list_dirty) {
                         r = syncd_sync_list(sd);
                         if (r == 0)
@@ -296,6 +312,7 @@ int main(int argc, char **argv)
         int loglevel = LOG_NOTICE;
         int c;
 
+        clock_gettime(CLOCK_MONOTONIC, &t_start);
         while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
                 switch (c) {
                 case OPT_DB: o.db_path = optarg; break;
@@ -406,6 +423,7 @@ int main(int argc, char **argv)
                 return r == -EACCES ? EX_NOPERM : r == -ENOENT ? EX_CANTCREAT : EX_IOERR;
         }
 
+        acs_log(LOG_DEBUG, "%.1f ms: cache open", ms_since_start());
         progress_init(o.progress_json);
         syncd sd = {.opts = &o, .store = store, .wake_fd = wake_pipe[0]};
         r = writer_start(o.db_path, &sd.writer);
@@ -415,11 +433,13 @@ int main(int argc, char **argv)
                 return EX_IOERR;
         }
         int status = run(&sd);
+        acs_log(LOG_DEBUG, "%.1f ms: disconnected", ms_since_start());
         sd.writer = writer_stop(sd.writer);
         if (syncd_stop)
                 acs_log(LOG_NOTICE, "stopped by signal");
         progress_finish();
         acs_store_close(store);
+        acs_log(LOG_DEBUG, "%.1f ms: cache closed", ms_since_start());
         sodium_free(o.password);
         return status;
 }

@@ -1346,24 +1346,8 @@ typedef struct status {
         bool has_modseq;
 } status;
 
-static int get_status(syncd *sd, const char *srvname, status *ret)
+static status status_parse(const struct mailimap_mailbox_data_status *st)
 {
-        struct mailimap_status_att_list *sl = mailimap_status_att_list_new_empty();
-        if (!sl)
-                return -ENOMEM;
-        mailimap_status_att_list_add(sl, MAILIMAP_STATUS_ATT_UIDVALIDITY);
-        mailimap_status_att_list_add(sl, MAILIMAP_STATUS_ATT_UIDNEXT);
-        mailimap_status_att_list_add(sl, MAILIMAP_STATUS_ATT_MESSAGES);
-        if (sd->caps.condstore)
-                mailimap_status_att_list_add(sl, MAILIMAP_STATUS_ATT_HIGHESTMODSEQ);
-        struct mailimap_mailbox_data_status *st = NULL;
-        int r = mailimap_status(sd->imap, srvname, sl, &st);
-        mailimap_status_att_list_free(sl);
-        if (r != MAILIMAP_NO_ERROR) {
-                if (st)
-                        mailimap_mailbox_data_status_free(st);
-                return syncd_etpan_error(r);
-        }
         status s = {0};
         for (clistiter *it = st && st->st_info_list ? clist_begin(st->st_info_list) : NULL; it;
              it = clist_next(it)) {
@@ -1384,15 +1368,87 @@ static int get_status(syncd *sd, const char *srvname, status *ret)
                 default: break;
                 }
         }
+        return s;
+}
+
+static int get_status(syncd *sd, const char *srvname, status *ret)
+{
+        struct mailimap_status_att_list *sl = mailimap_status_att_list_new_empty();
+        if (!sl)
+                return -ENOMEM;
+        mailimap_status_att_list_add(sl, MAILIMAP_STATUS_ATT_UIDVALIDITY);
+        mailimap_status_att_list_add(sl, MAILIMAP_STATUS_ATT_UIDNEXT);
+        mailimap_status_att_list_add(sl, MAILIMAP_STATUS_ATT_MESSAGES);
+        if (sd->caps.condstore)
+                mailimap_status_att_list_add(sl, MAILIMAP_STATUS_ATT_HIGHESTMODSEQ);
+        struct mailimap_mailbox_data_status *st = NULL;
+        int r = mailimap_status(sd->imap, srvname, sl, &st);
+        mailimap_status_att_list_free(sl);
+        if (r != MAILIMAP_NO_ERROR) {
+                if (st)
+                        mailimap_mailbox_data_status_free(st);
+                return syncd_etpan_error(r);
+        }
+        status s = status_parse(st);
         if (st)
                 mailimap_mailbox_data_status_free(st);
         *ret = s;
         return 0;
 }
 
+/*
+ * STATUS of many mailboxes with one round trip per chunk: all commands are sent, then the
+ * responses are parsed in order. ok[i] is false when the server answered NO for names[i].
+ */
+#define STATUS_CHUNK 64
+static int status_many(syncd *sd, char *const *names, size_t n, status *ret, bool *ok)
+{
+        mailimap *imap = sd->imap;
+        for (size_t c0 = 0; c0 < n; c0 += STATUS_CHUNK) {
+                size_t cn = n - c0 < STATUS_CHUNK ? n - c0 : STATUS_CHUNK;
+                int base = imap->imap_tag;
+                for (size_t k = 0; k < cn; k++) {
+                        _cleanup_free_ char *q = imap_quote(names[c0 + k]);
+                        char *cmd = NULL;
+                        if (!q || asprintf(&cmd, "STATUS %s (UIDVALIDITY UIDNEXT MESSAGES%s)\r\n", q,
+                                           sd->caps.condstore ? " HIGHESTMODSEQ" : "") < 0)
+                                return -ENOMEM;
+                        int r = mailimap_send_current_tag(imap);
+                        if (r == MAILIMAP_NO_ERROR && mailstream_write(imap->imap_stream, cmd, strlen(cmd)) < 0)
+                                r = MAILIMAP_ERROR_STREAM;
+                        free(cmd);
+                        if (r != MAILIMAP_NO_ERROR)
+                                return syncd_etpan_error(r);
+                }
+                if (mailstream_flush(imap->imap_stream) == -1)
+                        return -ECONNRESET;
+                int last = imap->imap_tag;
+                for (size_t k = 0; k < cn; k++) {
+                        struct mailimap_response *resp = NULL;
+                        imap->imap_tag = base + 1 + (int)k; /* the tag this response must carry */
+                        int r = mailimap_read_line(imap) ? mailimap_parse_response(imap, &resp)
+                                                         : MAILIMAP_ERROR_STREAM;
+                        if (r != MAILIMAP_NO_ERROR) {
+                                imap->imap_tag = last;
+                                return syncd_etpan_error(r);
+                        }
+                        int type = resp->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state->rsp_type;
+                        struct mailimap_response_info *ri = imap->imap_response_info;
+                        ok[c0 + k] = type == MAILIMAP_RESP_COND_STATE_OK && ri && ri->rsp_status;
+                        if (ok[c0 + k])
+                                ret[c0 + k] = status_parse(ri->rsp_status);
+                        mailimap_response_free(resp);
+                }
+                imap->imap_tag = last;
+        }
+        return 0;
+}
+
 typedef struct storedbox {
         int64_t id;
         char *name;
+        char delim;
+        unsigned attrs;
         uint32_t uidvalidity;
 } storedbox;
 
@@ -1415,7 +1471,8 @@ static int stored_cb(const acs_mailbox *mb, void *userdata)
         char *n = strdup(mb->name);
         if (!n)
                 return -ENOMEM;
-        l->v[l->n++] = (storedbox){.id = mb->id, .name = n, .uidvalidity = mb->uidvalidity};
+        l->v[l->n++] = (storedbox){.id = mb->id, .name = n, .delim = mb->delim, .attrs = mb->attrs,
+                                   .uidvalidity = mb->uidvalidity};
         return 0;
 }
 
@@ -1454,7 +1511,7 @@ int syncd_sync_list(syncd *sd)
                                 known = strcmp(loc.v[i].name, srv.v[j].name) == 0;
                         if (known || (srv.v[j].attrs & ACS_MBOX_NOSELECT))
                                 continue;
-                        status s;
+                        status s = {0};
                         r = get_status(sd, srv.v[j].srvname, &s);
                         if (r == -EREMOTEIO)
                                 continue;
@@ -1503,6 +1560,12 @@ int syncd_sync_list(syncd *sd)
                 }
         }
         for (size_t j = 0; j < srv.n; j++) {
+                bool same = false;
+                for (size_t i = 0; i < loc.n && !same; i++)
+                        same = strcmp(loc.v[i].name, srv.v[j].name) == 0 && loc.v[i].delim == srv.v[j].delim &&
+                               loc.v[i].attrs == srv.v[j].attrs;
+                if (same)
+                        continue; /* nothing to write: a no-change sync leaves the file alone */
                 acs_mailbox mb = {.name = srv.v[j].name, .delim = srv.v[j].delim, .attrs = srv.v[j].attrs};
                 r = acs_store_mailbox_put(st, &mb);
                 if (r < 0)
@@ -1598,53 +1661,70 @@ int syncd_sync_all(syncd *sd, bool quick)
                 boxref *v;
                 size_t n, cap;
         } l = {0};
+        char **srv = NULL;
+        status *st = NULL;
+        bool *ok = NULL;
         int r = acs_store_mailbox_foreach(sd->store, boxref_cb, &l);
         if (r < 0)
                 goto out;
         /* INBOX first; the rest in name order (newest first applies within each mailbox). */
         xqsort(l.v, l.n, sizeof(*l.v), cmp_boxref);
-        for (size_t i = 0; i < l.n && r == 0; i++) {
+        srv = calloc(l.n + 1, sizeof(*srv));
+        st = calloc(l.n + 1, sizeof(*st));
+        ok = calloc(l.n + 1, sizeof(*ok));
+        if (!srv || !st || !ok) {
+                r = -ENOMEM;
+                goto out;
+        }
+        size_t m = 0; /* selectable mailboxes, compacted to the front of l.v */
+        for (size_t i = 0; i < l.n; i++) {
+                if (l.v[i].attrs & ACS_MBOX_NOSELECT)
+                        continue;
+                char *name = NULL;
+                if (server_name(l.v[i].name, &name) < 0) {
+                        acs_log_mb(LOG_WARNING, l.v[i].name, "cannot encode the name for the server");
+                        continue;
+                }
+                boxref t = l.v[m];
+                l.v[m] = l.v[i];
+                l.v[i] = t;
+                srv[m++] = name;
+        }
+        if (quick) {
+                r = status_many(sd, srv, m, st, ok);
+                if (r < 0)
+                        goto out;
+        }
+        for (size_t i = 0; i < m && r == 0; i++) {
                 if (syncd_stop) {
                         r = -EINTR;
                         break;
                 }
-                if (l.v[i].attrs & ACS_MBOX_NOSELECT)
-                        continue;
-                _cleanup_free_ char *srv = NULL;
-                r = server_name(l.v[i].name, &srv);
-                if (r < 0) {
-                        acs_log_mb(LOG_WARNING, l.v[i].name, "cannot encode the name for the server");
-                        r = 0;
-                        continue;
-                }
                 if (quick) {
+                        if (!ok[i]) {
+                                /* the mailbox vanished meanwhile: the list sync will notice */
+                                sd->list_dirty = true;
+                                continue;
+                        }
                         acs_mailbox mb = {0};
                         r = acs_store_mailbox_get(sd->store, l.v[i].name, &mb);
                         if (r < 0)
                                 break;
                         uint64_t count = 0;
                         uint32_t maxuid = 0;
-                        status s = {0};
                         r = acs_store_message_count(sd->store, mb.id, &count, &maxuid);
-                        if (r == 0)
-                                r = get_status(sd, srv, &s);
-                        bool same = r == 0 && mb.uidvalidity && mb.uidnext && s.uidvalidity == mb.uidvalidity &&
-                                    s.uidnext == mb.uidnext && s.messages == count &&
-                                    (sd->caps.condstore ? s.has_modseq && s.highestmodseq == mb.highestmodseq
+                        const status *s = &st[i];
+                        bool same = r == 0 && mb.uidvalidity && mb.uidnext && s->uidvalidity == mb.uidvalidity &&
+                                    s->uidnext == mb.uidnext && s->messages == count &&
+                                    (sd->caps.condstore ? s->has_modseq && s->highestmodseq == mb.highestmodseq
                                                         : false);
                         acs_mailbox_clear(&mb);
-                        if (r == -EREMOTEIO) {
-                                /* the mailbox vanished meanwhile: the list sync will notice */
-                                sd->list_dirty = true;
-                                r = 0;
-                                continue;
-                        }
                         if (r < 0)
                                 break;
                         if (same)
                                 continue;
                 }
-                r = syncd_sync_mailbox(sd, srv);
+                r = syncd_sync_mailbox(sd, srv[i]);
                 if (r == -EREMOTEIO) {
                         acs_log_mb(LOG_WARNING, l.v[i].name, "SELECT refused; the list will be read again");
                         sd->list_dirty = true;
@@ -1652,6 +1732,11 @@ int syncd_sync_all(syncd *sd, bool quick)
                 }
         }
 out:
+        for (size_t i = 0; srv && i < l.n; i++)
+                free(srv[i]);
+        free(srv);
+        free(st);
+        free(ok);
         for (size_t i = 0; i < l.n; i++)
                 free(l.v[i].name);
         free(l.v);
