@@ -12,7 +12,7 @@ import time
 import pytest
 
 from acstest import fusecheck, imapcheck, mutf7, paths, procs
-from acstest.corpus import BIG_SIZE, KINDS, Corpus
+from acstest.corpus import KINDS, Corpus
 from acstest.dbus import Bus
 from acstest.dovecot import Dovecot
 

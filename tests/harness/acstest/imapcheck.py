@@ -3,7 +3,6 @@
 
 import calendar
 import re
-import time
 
 from . import mutf7
 
