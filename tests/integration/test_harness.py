@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from acstest import fusecheck, imapcheck, mutf7, paths, procs
+from acstest import fusecheck, imapcheck, measure, mutf7, paths, procs
 from acstest.corpus import KINDS, Corpus
 from acstest.dbus import Bus
 from acstest.dovecot import Dovecot
@@ -473,3 +473,19 @@ def test_suppressed_leak_is_no_report(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     logs = [p.read_text() for p in san.iterdir()]
     assert logs and all('Suppressions used' in t for t in logs), logs
+
+
+def test_measure_reports_the_programs_own_peak_rss():
+    ballast = b'x' * 200_000_000  # makes the pytest process big for this test
+    try:
+        p = subprocess.Popen(['/bin/true'])
+        _, _, ru = os.wait4(p.pid, 0)
+        assert ru.ru_maxrss > 150_000, 'the pitfall measure.run avoids did not show up'
+        small = measure.run(['/bin/true'])
+        assert small.returncode == 0 and small.maxrss_kb < 20_000, small
+    finally:
+        del ballast
+    big = measure.run(['/usr/bin/python3', '-c', 'x = b"y" * 100_000_000'])
+    assert big.returncode == 0 and 100_000 < big.maxrss_kb < 200_000, big
+    assert measure.run(['/bin/sh', '-c', 'exit 3']).returncode == 3
+    assert measure.run(['/bin/sh', '-c', 'kill -9 $$']).returncode == -9
