@@ -192,7 +192,7 @@ def push_bench(dv, syncd, db, tries, log):
             t_app = time.monotonic()
             uid = int(data[0].split(b'APPENDUID ')[1].split()[1].rstrip(b']'))
             got_floor = None
-            deadline = t0 + 10
+            deadline = t0 + 60  # Dovecot's own fallback re-check comes within ~30 s
             while time.monotonic() < deadline:
                 if folder == 'INBOX' and got_floor is None:
                     idle.settimeout(0.001)

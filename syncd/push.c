@@ -27,6 +27,25 @@ static int ensure_selected(syncd *sd)
         return sd->selected ? 0 : -ENOMEM;
 }
 
+/*
+ * With NOTIFY nothing needs to stay selected: UNSELECT (no expunge, unlike CLOSE) so that
+ * every mailbox is reported the same way, by STATUS. libetpan's IDLE wants a selection
+ * record, so one is kept.
+ */
+static int leave_selected(syncd *sd)
+{
+        if (!sd->selected)
+                return 0;
+        int r = syncd_raw_command(sd, "UNSELECT");
+        if (r < 0)
+                return r;
+        sd->selected = acs_free(sd->selected);
+        sd->imap->imap_state = MAILIMAP_STATE_AUTHENTICATED;
+        if (!sd->imap->imap_selection_info)
+                sd->imap->imap_selection_info = mailimap_selection_info_new();
+        return sd->imap->imap_selection_info ? 0 : -ENOMEM;
+}
+
 static int64_t mono_sec(void)
 {
         struct timespec ts;
@@ -34,18 +53,23 @@ static int64_t mono_sec(void)
         return ts.tv_sec;
 }
 
+#define NOTIFY_SET                                                                                   \
+        "NOTIFY SET (selected (MessageNew MessageExpunge FlagChange)) "                              \
+        "(personal (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange))"
+
 int syncd_push_loop(syncd *sd)
 {
         bool notify = false;
         int r;
 
-        r = ensure_selected(sd);
+        if (sd->caps.notify && mailimap_has_extension(sd->imap, "UNSELECT"))
+                r = leave_selected(sd);
+        else
+                r = ensure_selected(sd);
         if (r < 0)
                 return r;
         if (sd->caps.notify) {
-                r = syncd_raw_command(sd, "NOTIFY SET (selected (MessageNew MessageExpunge FlagChange)) "
-                                    "(personal (MessageNew MessageExpunge FlagChange MailboxName "
-                                    "SubscriptionChange))");
+                r = syncd_raw_command(sd, NOTIFY_SET);
                 if (r == 0)
                         notify = true;
                 else if (r == -EREMOTEIO || r == -EPROTO)
@@ -98,32 +122,48 @@ int syncd_push_loop(syncd *sd)
                 }
                 if (ready)
                         progress_event("wakeup", NULL);
-                if (sd->list_dirty) {
-                        r = syncd_sync_list(sd);
-                        if (r < 0)
-                                return r;
+                /*
+                 * Notifications that arrive while we run commands are parsed inside those
+                 * commands' responses and would be lost; so repeat the (cheap, pipelined)
+                 * STATUS round until one finds nothing to do and sees no untagged news.
+                 * Dovecot delays notifications by 500 ms, so a change after that quiet round
+                 * is announced while we IDLE.
+                 */
+                bool first = true;
+                for (unsigned round = 0; round < 20 && !syncd_stop; round++) {
+                        sd->unsolicited = false;
+                        uint64_t before = sd->synced_mailboxes;
+                        if (sd->list_dirty) {
+                                r = syncd_sync_list(sd);
+                                if (r < 0)
+                                        return r;
+                        }
+                        /* The selected mailbox first (its events need no STATUS to be known). */
+                        if (first && sd->selected && ready) {
+                                _cleanup_free_ char *sel = strdup(sd->selected);
+                                if (!sel)
+                                        return -ENOMEM;
+                                sd->synced_mailboxes++;
+                                r = syncd_sync_mailbox(sd, sel);
+                                if (r < 0 && r != -ENOENT && r != -EREMOTEIO)
+                                        return r;
+                        }
+                        first = false;
+                        if (notify || !ready || mono_sec() - last_full >= POLL_OTHERS_SEC) {
+                                r = syncd_sync_all(sd, true);
+                                if (r < 0)
+                                        return r;
+                                last_full = mono_sec();
+                        }
+                        if (sd->synced_mailboxes == before && !sd->unsolicited && !sd->list_dirty)
+                                break;
+                        if (!notify)
+                                break;
                 }
-                /* The selected mailbox first (its events need no STATUS to be known). */
-                if (sd->selected && ready) {
-                        _cleanup_free_ char *sel = strdup(sd->selected);
-                        if (!sel)
-                                return -ENOMEM;
-                        r = syncd_sync_mailbox(sd, sel);
-                        if (r < 0 && r != -ENOENT && r != -EREMOTEIO)
-                                return r;
-                }
-                if (notify || !ready || mono_sec() - last_full >= POLL_OTHERS_SEC) {
-                        r = syncd_sync_all(sd, true);
-                        if (r < 0)
-                                return r;
-                        last_full = mono_sec();
-                }
-                if (sd->list_dirty) {
-                        r = syncd_sync_list(sd);
-                        if (r < 0)
-                                return r;
-                }
-                r = ensure_selected(sd);
+                if (notify && mailimap_has_extension(sd->imap, "UNSELECT"))
+                        r = leave_selected(sd);
+                else
+                        r = ensure_selected(sd);
                 if (r < 0)
                         return r;
                 progress_event("synced", NULL);

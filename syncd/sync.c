@@ -1401,7 +1401,26 @@ static int get_status(syncd *sd, const char *srvname, status *ret)
  * responses are parsed in order. ok[i] is false when the server answered NO for names[i].
  */
 #define STATUS_CHUNK 64
-static int status_many(syncd *sd, char *const *names, size_t n, status *ret, bool *ok)
+enum { STATUS_NO = 0, STATUS_OK = 1, STATUS_UNKNOWN = 2 };
+
+/* Whether the mailbox of a STATUS reply (libetpan leaves a quoted name quoted) is name. */
+static bool status_name_is(const char *got, const char *name)
+{
+        if (strcasecmp(name, "INBOX") == 0)
+                return strcasecmp(got, "INBOX") == 0 || strcasecmp(got, "\"INBOX\"") == 0;
+        size_t n = strlen(got);
+        if (n < 2 || got[0] != '"' || got[n - 1] != '"')
+                return strcmp(got, name) == 0;
+        const char *p = got + 1, *end = got + n - 1;
+        for (; p < end; p++, name++) {
+                if (*p == '\\' && p + 1 < end)
+                        p++;
+                if (*p != *name)
+                        return false;
+        }
+        return *name == 0;
+}
+static int status_many(syncd *sd, char *const *names, size_t n, status *ret, unsigned char *ok)
 {
         mailimap *imap = sd->imap;
         for (size_t c0 = 0; c0 < n; c0 += STATUS_CHUNK) {
@@ -1433,10 +1452,46 @@ static int status_many(syncd *sd, char *const *names, size_t n, status *ret, boo
                                 return syncd_etpan_error(r);
                         }
                         int type = resp->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state->rsp_type;
+                        /*
+                         * libetpan moves every STATUS into imap_response_info (keeping the last);
+                         * more than one STATUS, or anything else untagged (NOTIFY's STATUS of
+                         * another mailbox, EXISTS, EXPUNGE, FETCH, LIST), is news.
+                         */
+                        unsigned nstatus = 0;
+                        clist *dl = resp->rsp_cont_req_or_resp_data_list;
+                        for (clistiter *it = dl ? clist_begin(dl) : NULL; it; it = clist_next(it)) {
+                                struct mailimap_cont_req_or_resp_data *cr = clist_content(it);
+                                if (cr->rsp_type != MAILIMAP_RESP_RESP_DATA || !cr->rsp_data.rsp_resp_data)
+                                        continue;
+                                struct mailimap_response_data *rd = cr->rsp_data.rsp_resp_data;
+                                if (rd->rsp_type == MAILIMAP_RESP_DATA_TYPE_MAILBOX_DATA &&
+                                    rd->rsp_data.rsp_mailbox_data) {
+                                        int t = rd->rsp_data.rsp_mailbox_data->mbd_type;
+                                        if (t == MAILIMAP_MAILBOX_DATA_STATUS)
+                                                nstatus++;
+                                        else if (t == MAILIMAP_MAILBOX_DATA_LIST || t == MAILIMAP_MAILBOX_DATA_LSUB)
+                                                sd->list_dirty = sd->unsolicited = true;
+                                        else
+                                                sd->unsolicited = true;
+                                } else if (rd->rsp_type == MAILIMAP_RESP_DATA_TYPE_MESSAGE_DATA ||
+                                           rd->rsp_type == MAILIMAP_RESP_DATA_TYPE_EXTENSION_DATA) {
+                                        sd->unsolicited = true;
+                                }
+                        }
+                        if (nstatus > 1)
+                                sd->unsolicited = true;
                         struct mailimap_response_info *ri = imap->imap_response_info;
-                        ok[c0 + k] = type == MAILIMAP_RESP_COND_STATE_OK && ri && ri->rsp_status;
-                        if (ok[c0 + k])
-                                ret[c0 + k] = status_parse(ri->rsp_status);
+                        const struct mailimap_mailbox_data_status *ms = ri ? ri->rsp_status : NULL;
+                        if (type != MAILIMAP_RESP_COND_STATE_OK)
+                                ok[c0 + k] = STATUS_NO;
+                        else if (ms && ms->st_mailbox && status_name_is(ms->st_mailbox, names[c0 + k])) {
+                                ret[c0 + k] = status_parse(ms);
+                                ok[c0 + k] = STATUS_OK;
+                        } else {
+                                acs_log(LOG_DEBUG, "STATUS for \"%s\" answered for \"%s\"", names[c0 + k],
+                                        ms && ms->st_mailbox ? ms->st_mailbox : "(none)");
+                                ok[c0 + k] = STATUS_UNKNOWN; /* ours was overtaken: sync it anyway */
+                        }
                         mailimap_response_free(resp);
                 }
                 imap->imap_tag = last;
@@ -1663,7 +1718,7 @@ int syncd_sync_all(syncd *sd, bool quick)
         } l = {0};
         char **srv = NULL;
         status *st = NULL;
-        bool *ok = NULL;
+        unsigned char *ok = NULL;
         int r = acs_store_mailbox_foreach(sd->store, boxref_cb, &l);
         if (r < 0)
                 goto out;
@@ -1701,7 +1756,7 @@ int syncd_sync_all(syncd *sd, bool quick)
                         break;
                 }
                 if (quick) {
-                        if (!ok[i]) {
+                        if (ok[i] == STATUS_NO) {
                                 /* the mailbox vanished meanwhile: the list sync will notice */
                                 sd->list_dirty = true;
                                 continue;
@@ -1714,7 +1769,8 @@ int syncd_sync_all(syncd *sd, bool quick)
                         uint32_t maxuid = 0;
                         r = acs_store_message_count(sd->store, mb.id, &count, &maxuid);
                         const status *s = &st[i];
-                        bool same = r == 0 && mb.uidvalidity && mb.uidnext && s->uidvalidity == mb.uidvalidity &&
+                        bool same = r == 0 && ok[i] == STATUS_OK && mb.uidvalidity && mb.uidnext &&
+                                    s->uidvalidity == mb.uidvalidity &&
                                     s->uidnext == mb.uidnext && s->messages == count &&
                                     (sd->caps.condstore ? s->has_modseq && s->highestmodseq == mb.highestmodseq
                                                         : false);
@@ -1724,6 +1780,7 @@ int syncd_sync_all(syncd *sd, bool quick)
                         if (same)
                                 continue;
                 }
+                sd->synced_mailboxes++;
                 r = syncd_sync_mailbox(sd, srv[i]);
                 if (r == -EREMOTEIO) {
                         acs_log_mb(LOG_WARNING, l.v[i].name, "SELECT refused; the list will be read again");

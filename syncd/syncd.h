@@ -73,6 +73,8 @@ typedef struct syncd {
         bool qresync_enabled;   /* ENABLE QRESYNC succeeded on this connection */
         char *selected;         /* server (mUTF-7) name of the selected mailbox, malloc'd; NULL none */
         bool list_dirty;        /* the mailbox list must be read again */
+        bool unsolicited;       /* untagged news (NOTIFY STATUS, EXISTS, ...) seen outside IDLE */
+        uint64_t synced_mailboxes; /* mailboxes that needed a sync (not skipped by STATUS) */
         int wake_fd;            /* read end of the signal self-pipe */
         /* statistics for the progress output */
         uint64_t total_msgs, total_bytes;
