@@ -28,22 +28,16 @@ static int ensure_selected(syncd *sd)
 }
 
 /*
- * With NOTIFY nothing needs to stay selected: UNSELECT (no expunge, unlike CLOSE) so that
- * every mailbox is reported the same way, by STATUS. libetpan's IDLE wants a selection
- * record, so one is kept.
+ * INBOX stays selected while idle: Dovecot reports the selected mailbox through its own
+ * mailbox watch, which keeps working when its NOTIFY for other mailboxes falls silent
+ * (see docs/sync.md), so the most important mailbox is always pushed at once.
  */
-static int leave_selected(syncd *sd)
+static int ensure_inbox(syncd *sd)
 {
-        if (!sd->selected)
+        if (sd->selected && strcmp(sd->selected, "INBOX") == 0)
                 return 0;
-        int r = syncd_raw_command(sd, "UNSELECT");
-        if (r < 0)
-                return r;
         sd->selected = acs_free(sd->selected);
-        sd->imap->imap_state = MAILIMAP_STATE_AUTHENTICATED;
-        if (!sd->imap->imap_selection_info)
-                sd->imap->imap_selection_info = mailimap_selection_info_new();
-        return sd->imap->imap_selection_info ? 0 : -ENOMEM;
+        return ensure_selected(sd);
 }
 
 static int64_t mono_sec(void)
@@ -62,10 +56,7 @@ int syncd_push_loop(syncd *sd)
         bool notify = false;
         int r;
 
-        if (sd->caps.notify && mailimap_has_extension(sd->imap, "UNSELECT"))
-                r = leave_selected(sd);
-        else
-                r = ensure_selected(sd);
+        r = ensure_inbox(sd);
         if (r < 0)
                 return r;
         if (sd->caps.notify) {
@@ -160,10 +151,7 @@ int syncd_push_loop(syncd *sd)
                         if (!notify)
                                 break;
                 }
-                if (notify && mailimap_has_extension(sd->imap, "UNSELECT"))
-                        r = leave_selected(sd);
-                else
-                        r = ensure_selected(sd);
+                r = ensure_inbox(sd);
                 if (r < 0)
                         return r;
                 progress_event("synced", NULL);
