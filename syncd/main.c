@@ -52,9 +52,9 @@ static void usage(FILE *f)
                 "                 [--progress=json] [--insecure-plaintext] [--timeout SEC]\n"
                 "                 [--log-level debug|info|notice|warning|err] [--retries N]\n"
                 "Keeps the acs cache at PATH in step with the IMAP mailbox (read direction).\n"
-                "Exit statuses: 0 done/stopped, 64 usage, 66 no password file, 73 cannot create the cache,\n"
-                "74 cache I/O error, 75 temporary failure (network), 76 protocol error,\n"
-                "77 permission denied (login rejected, certificate not trusted), 70 internal error.\n");
+                "Exit statuses: 0 done/stopped, 64 usage, 66 no password file, 69 certificate not trusted,\n"
+                "70 internal error, 73 cannot create the cache, 74 cache I/O error, 75 temporary failure\n"
+                "(network), 76 protocol error, 77 login rejected, 78 bad URL (see docs/sync.md).\n");
 }
 
 /* Reads a password (first line, without its line end) into sodium-guarded memory. */
