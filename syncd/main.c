@@ -50,7 +50,7 @@ static void usage(FILE *f)
                 "usage: acs-syncd --db PATH --url imaps://HOST[:PORT]|imap://HOST[:PORT] --user USER\n"
                 "                 (--password-file FILE | --password-fd N) [--ca FILE] [--once]\n"
                 "                 [--progress=json] [--insecure-plaintext] [--timeout SEC]\n"
-                "                 [--log-level debug|info|notice|warning|err] [--retries N]\n"
+                "                 [--log-level debug|info|notice|warning|err] [--retries N] [--poll SEC]\n"
                 "Keeps the acs cache at PATH in step with the IMAP mailbox (read direction).\n"
                 "Exit statuses: 0 done/stopped, 64 usage, 66 no password file, 69 certificate not trusted,\n"
                 "70 internal error, 73 cannot create the cache, 74 cache I/O error, 75 temporary failure\n"
@@ -289,7 +289,7 @@ static int run(syncd *sd)
 int main(int argc, char **argv)
 {
         enum { OPT_DB = 256, OPT_URL, OPT_USER, OPT_PWFILE, OPT_PWFD, OPT_CA, OPT_ONCE, OPT_PROGRESS,
-               OPT_INSECURE, OPT_TIMEOUT, OPT_LOGLEVEL, OPT_RETRIES, OPT_HELP };
+               OPT_INSECURE, OPT_TIMEOUT, OPT_LOGLEVEL, OPT_RETRIES, OPT_POLL, OPT_HELP };
         static const struct option longopts[] = {
                 {"db", required_argument, NULL, OPT_DB},
                 {"url", required_argument, NULL, OPT_URL},
@@ -303,6 +303,7 @@ int main(int argc, char **argv)
                 {"timeout", required_argument, NULL, OPT_TIMEOUT},
                 {"log-level", required_argument, NULL, OPT_LOGLEVEL},
                 {"retries", required_argument, NULL, OPT_RETRIES},
+                {"poll", required_argument, NULL, OPT_POLL},
                 {"help", no_argument, NULL, OPT_HELP},
                 {0},
         };
@@ -357,6 +358,16 @@ int main(int argc, char **argv)
                                 return EX_USAGE;
                         }
                         o.retries = (unsigned)v;
+                        break;
+                }
+                case OPT_POLL: {
+                        char *end;
+                        long v = strtol(optarg, &end, 10);
+                        if (*optarg == 0 || *end || v < 0 || v > 86400) {
+                                fprintf(stderr, "acs-syncd: --poll takes 0..86400 seconds\n");
+                                return EX_USAGE;
+                        }
+                        o.poll_sec = (unsigned)v;
                         break;
                 }
                 case OPT_LOGLEVEL:

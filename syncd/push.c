@@ -81,6 +81,9 @@ int syncd_push_loop(syncd *sd)
                         idling = true;
                 }
                 int timeout = notify ? IDLE_RENEW_SEC : POLL_OTHERS_SEC;
+                unsigned poll_sec = sd->opts->poll_sec;
+                if (poll_sec && (int)poll_sec < timeout)
+                        timeout = (int)poll_sec; /* --poll: a STATUS round also when nothing was pushed */
                 int64_t start = mono_sec();
                 bool ready = sd->imap->imap_stream->read_buffer_len > 0;
                 while (!ready && !syncd_stop) {
@@ -107,7 +110,7 @@ int syncd_push_loop(syncd *sd)
                 struct mailimap_response_info *ri = sd->imap->imap_response_info;
                 if (ri && ri->rsp_mailbox_list && clist_count(ri->rsp_mailbox_list) > 0)
                         sd->list_dirty = true;
-                if (!ready && notify) {
+                if (!ready && notify && !poll_sec) {
                         /* renewal only: nothing happened */
                         continue;
                 }

@@ -22,6 +22,7 @@ typedef struct syncd_opts {
         bool insecure_plaintext;
         unsigned timeout_sec;
         unsigned retries;      /* --once: attempts after a temporary failure before giving up */
+        unsigned poll_sec;     /* daemon: also check every mailbox this often (0 = push only) */
         char *password; /* sodium_malloc'd, NUL-terminated; wiped and freed at exit */
 } syncd_opts;
 

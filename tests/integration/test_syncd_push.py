@@ -100,3 +100,32 @@ def test_server_restart_mid_sync(dovecot, tmp_path):
         finally:
             c.logout()
         assert d.stop() == 0
+
+
+NO_NOTIFY_CAPS = ('IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE NAMESPACE UNSELECT CHILDREN '
+                  'UIDPLUS LIST-EXTENDED LITERAL+ MOVE SPECIAL-USE CONDSTORE QRESYNC')
+
+
+def test_poll_without_notify(tmp_path):
+    """Without NOTIFY only the selected INBOX is pushed; other folders are checked every 30 s,
+    or every --poll seconds."""
+    from acstest.dovecot import Dovecot
+    dv = Dovecot(tmp_path / 'dovecot', capabilities=NO_NOTIFY_CAPS)
+    try:
+        Corpus(seed=33, count=10, folders=['INBOX', 'Lists']).seed_maildir(dv, 'user1')
+        db = tmp_path / 'cache.db'
+        with Daemon(dv, db, extra=('--poll', '1')) as d:
+            d.wait_event(lambda e: e['event'] == 'synced', timeout=60)
+            time.sleep(0.3)
+            c = dv.client('user1')
+            try:
+                assert 'NOTIFY' not in c.capabilities
+                typ, data = c.append('Lists', None, None, b'Subject: polled\r\n\r\nx\r\n')
+                uid = int(data[0].split(b'APPENDUID ')[1].split()[1].rstrip(b']'))
+                t = _wait(lambda: _uid_of(db, 'Lists', uid), 2.0)
+                assert t < 2.5, f'--poll 1 took {t:.2f}s'
+            finally:
+                c.logout()
+            assert d.stop() == 0
+    finally:
+        dv.close()
