@@ -14,6 +14,7 @@
 #include "acs/mboxname.h"
 #include "acs/store.h"
 #include "acs/util.h"
+#include "imapconn.h"
 #include "syncd.h"
 
 /* First batches are small so the newest mail shows up at once; later ones grow to these. */
@@ -465,12 +466,11 @@ out:
         body_reset(fc);
 }
 
-/* The handlers are only used while a progress function is set (libetpan's rule). */
-static void noop_progress(size_t current, size_t maximum, void *context) {}
-
 static void handlers_on(syncd *sd, fetchctx *fc)
 {
-        mailimap_set_progress_callback(sd->imap, noop_progress, NULL, fc);
+        /* The handlers are only used while a progress function is set (libetpan's rule);
+         * imapconn's keeps its literal-size backstop working on this parser path. */
+        mailimap_set_progress_callback(sd->imap, acs_imap_progress, NULL, fc);
         mailimap_set_msg_att_handler(sd->imap, on_att, fc);
         mailimap_set_msg_body_handler(sd->imap, fc->store_bodies ? on_body : NULL, fc);
 }
