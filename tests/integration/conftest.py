@@ -15,7 +15,7 @@ HARNESS = Path(__file__).resolve().parents[1] / 'harness'
 if str(HARNESS) not in sys.path:
     sys.path.insert(0, str(HARNESS))
 
-from acstest import fusecheck, procs  # noqa: E402
+from acstest import fusecheck, paths, procs  # noqa: E402
 from acstest.dbus import Bus  # noqa: E402
 from acstest.dovecot import Dovecot  # noqa: E402
 from acstest.pki import PKI  # noqa: E402
@@ -54,6 +54,19 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_configure(config):
     config.addinivalue_line('markers', 'timeout(seconds): per-test time limit '
                             f'(default ACS_TEST_TIMEOUT or {DEFAULT_TIMEOUT})')
+    config.addinivalue_line('markers', 'plain_build_only: a measurement a sanitizer distorts '
+                            '(peak RSS): collected only for a plain build, never skipped')
+
+
+def pytest_collection_modifyitems(config, items):
+    """Leaves plain_build_only tests out of a sanitizer build's run (they are counted in the
+    plain build's run; a skip would count as a failure)."""
+    if not paths.sanitized_build():
+        return
+    drop = [i for i in items if i.get_closest_marker('plain_build_only')]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [i for i in items if not i.get_closest_marker('plain_build_only')]
 
 
 class TestTimeout(Exception):

@@ -91,3 +91,13 @@ def nobody_can_traverse(path):
         except FileNotFoundError:
             return False
     return True
+
+
+def sanitized_build():
+    """True when the build directory under test was configured with b_sanitize (ASan/UBSan),
+    read from meson's own introspection file."""
+    import json
+    info = _build_dir() / 'meson-info' / 'intro-buildoptions.json'
+    with open(info) as f:
+        opts = json.load(f)
+    return any(o['name'] == 'b_sanitize' and o['value'] not in ('none', '') for o in opts)
