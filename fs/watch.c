@@ -22,6 +22,14 @@
  * old state just before a commit may answer the kernel after the first invalidation.
  */
 #define AGAIN_MS 200
+/*
+ * A write to the -wal file can wake us before the commit is visible: SQLite writes the WAL
+ * frames first and publishes them in the -shm index afterwards, through a shared mapping
+ * that inotify does not report. So after an event of ours that showed nothing new, look
+ * again a few times shortly after, instead of waiting for the POLL_MS fallback.
+ */
+#define RECHECK_MS 5
+#define RECHECKS 20
 
 /* A name to drop from the kernel's dentry cache. */
 typedef struct inval_name {
@@ -313,16 +321,17 @@ static void *watch_main(void *arg)
 {
         fs_watch *w = arg;
         bool failed = false;
+        unsigned rechecks = 0; /* quick looks left after an event that showed nothing new */
 
         for (;;) {
                 struct pollfd p[2] = {
                         { .fd = w->stop_fd, .events = POLLIN },
                         { .fd = w->inotify_fd, .events = POLLIN },
                 };
-                int timeout = POLL_MS;
+                int timeout = rechecks > 0 ? RECHECK_MS : POLL_MS;
                 if (w->again_at) {
                         int64_t left = w->again_at - now_ms();
-                        timeout = left < 0 ? 0 : left < POLL_MS ? (int)left : POLL_MS;
+                        timeout = left < 0 ? 0 : left < timeout ? (int)left : timeout;
                 }
                 int n = poll(p, w->inotify_fd >= 0 ? 2 : 1, timeout);
                 if (n < 0 && errno != EINTR)
@@ -334,12 +343,18 @@ static void *watch_main(void *arg)
                         set_clear(&w->again);
                         w->again_at = 0;
                 }
-                if (n > 0 && (p[1].revents & POLLIN) && !event_is_ours(w))
+                bool event = n > 0 && (p[1].revents & POLLIN);
+                if (event && !event_is_ours(w))
                         continue;
+                if (event)
+                        rechecks = RECHECKS;
+                else if (rechecks > 0)
+                        rechecks--;
                 /* on an event or the timeout: anything new in the journal? */
                 int64_t last;
                 if (acs_store_change_last(w->s, &last) < 0 || (last == w->last_seq && !w->tree_changed))
                         continue;
+                rechecks = 0;
                 int r = watch_round(w);
                 if (r < 0 && !failed)
                         acs_log(LOG_ERR, "cannot follow cache changes: %s (%s)", strerror(-r),
