@@ -118,14 +118,8 @@ int acs_vault_put(acs_vault *v, const char *user, const void *secret, size_t len
         if (!box || !name)
                 return -ENOMEM;
         struct entry *e = find(v, user);
-        if (!e && v->n == v->cap) {
-                size_t cap = v->cap ? v->cap * 2 : 8;
-                struct entry *ne = reallocarray(v->entries, cap, sizeof(*ne));
-                if (!ne)
-                        return -ENOMEM;
-                v->entries = ne;
-                v->cap = cap;
-        }
+        if (!e && ACS_GROW(v->entries, v->cap, v->n, 8) < 0)
+                return -ENOMEM;
 
         uint8_t k[KEY_BYTES];
         randombytes_buf(box, NONCE_BYTES);

@@ -385,14 +385,8 @@ static int fill_cb(const acs_message *m, void *userdata)
         f->last = m->id;
         if (!!(m->state & ACS_MSG_NEW) != h->in_new)
                 return 0;
-        if (h->n == f->cap) {
-                size_t cap = f->cap ? f->cap * 2 : 64;
-                dir_entry *v = realloc(h->v, cap * sizeof(*v));
-                if (!v)
-                        return -ENOMEM;
-                h->v = v;
-                f->cap = cap;
-        }
+        if (ACS_GROW(h->v, f->cap, h->n, 64) < 0)
+                return -ENOMEM;
         char *name = NULL;
         int r = fs_message_name(f->s, m->uniq, m->size, m->vsize, m->flags, m->keywords, &name);
         if (r < 0)

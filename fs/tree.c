@@ -49,16 +49,10 @@ static void builder_free(builder *b)
 /* Appends a node; returns its index or -ENOMEM. Takes ownership of name and path. */
 static ssize_t builder_add(builder *b, size_t parent, char *name, char *path, uint64_t ino)
 {
-        if (b->n == b->cap) {
-                size_t cap = b->cap ? b->cap * 2 : 64;
-                bnode *v = realloc(b->v, cap * sizeof(*v));
-                if (!v) {
-                        free(name);
-                        free(path);
-                        return -ENOMEM;
-                }
-                b->v = v;
-                b->cap = cap;
+        if (ACS_GROW(b->v, b->cap, b->n, 64) < 0) {
+                free(name);
+                free(path);
+                return -ENOMEM;
         }
         size_t i = b->n++;
         b->v[i] = (bnode){

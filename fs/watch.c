@@ -65,14 +65,8 @@ static int set_add_ino(inval_set *set, uint64_t ino)
         for (size_t i = 0; i < set->n_inos; i++)
                 if (set->inos[i] == ino)
                         return 0;
-        if (set->n_inos == set->cap_inos) {
-                size_t cap = set->cap_inos ? set->cap_inos * 2 : 32;
-                uint64_t *v = realloc(set->inos, cap * sizeof(*v));
-                if (!v)
-                        return -ENOMEM;
-                set->inos = v;
-                set->cap_inos = cap;
-        }
+        if (ACS_GROW(set->inos, set->cap_inos, set->n_inos, 32) < 0)
+                return -ENOMEM;
         set->inos[set->n_inos++] = ino;
         return 0;
 }
@@ -80,15 +74,9 @@ static int set_add_ino(inval_set *set, uint64_t ino)
 /* Adds a name; takes ownership of name (freed on failure). */
 static int set_add_name_owned(inval_set *set, uint64_t parent, char *name)
 {
-        if (set->n_names == set->cap_names) {
-                size_t cap = set->cap_names ? set->cap_names * 2 : 32;
-                inval_name *v = realloc(set->names, cap * sizeof(*v));
-                if (!v) {
-                        free(name);
-                        return -ENOMEM;
-                }
-                set->names = v;
-                set->cap_names = cap;
+        if (ACS_GROW(set->names, set->cap_names, set->n_names, 32) < 0) {
+                free(name);
+                return -ENOMEM;
         }
         set->names[set->n_names++] = (inval_name){ .parent = parent, .name = name };
         return 0;

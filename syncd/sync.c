@@ -178,14 +178,8 @@ static void srvlist_free(srvlist *l)
 
 static int srvlist_push(srvlist *l, const srvmsg *m)
 {
-        if (l->n == l->cap) {
-                size_t cap = l->cap ? l->cap * 2 : 256;
-                srvmsg *v = realloc(l->v, cap * sizeof(*v));
-                if (!v)
-                        return -ENOMEM;
-                l->v = v;
-                l->cap = cap;
-        }
+        if (ACS_GROW(l->v, l->cap, l->n, 256) < 0)
+                return -ENOMEM;
         l->v[l->n++] = *m;
         return 0;
 }
@@ -535,14 +529,8 @@ static int local_cb(const acs_message *m, void *userdata)
         locallist *l = userdata;
         if (m->uid == 0)
                 return 0; /* local append waiting for the server */
-        if (l->n == l->cap) {
-                size_t cap = l->cap ? l->cap * 2 : 256;
-                localmsg *v = realloc(l->v, cap * sizeof(*v));
-                if (!v)
-                        return -ENOMEM;
-                l->v = v;
-                l->cap = cap;
-        }
+        if (ACS_GROW(l->v, l->cap, l->n, 256) < 0)
+                return -ENOMEM;
         char *kw = strdup(m->keywords ? m->keywords : "");
         if (!kw)
                 return -ENOMEM;
@@ -1315,16 +1303,10 @@ static int read_list(syncd *sd, bool lsub, boxlist *out)
                         free(utf8);
                         continue;
                 }
-                if (out->n == out->cap) {
-                        size_t cap = out->cap ? out->cap * 2 : 32;
-                        srvbox *v = realloc(out->v, cap * sizeof(*v));
-                        if (!v) {
-                                free(utf8);
-                                r = -ENOMEM;
-                                break;
-                        }
-                        out->v = v;
-                        out->cap = cap;
+                if (ACS_GROW(out->v, out->cap, out->n, 32) < 0) {
+                        free(utf8);
+                        r = -ENOMEM;
+                        break;
                 }
                 char *srv = strdup(strcasecmp(ml->mb_name, "INBOX") == 0 ? "INBOX" : ml->mb_name);
                 if (!srv) {
@@ -1515,14 +1497,8 @@ typedef struct storedlist {
 static int stored_cb(const acs_mailbox *mb, void *userdata)
 {
         storedlist *l = userdata;
-        if (l->n == l->cap) {
-                size_t cap = l->cap ? l->cap * 2 : 32;
-                storedbox *v = realloc(l->v, cap * sizeof(*v));
-                if (!v)
-                        return -ENOMEM;
-                l->v = v;
-                l->cap = cap;
-        }
+        if (ACS_GROW(l->v, l->cap, l->n, 32) < 0)
+                return -ENOMEM;
         char *n = strdup(mb->name);
         if (!n)
                 return -ENOMEM;
@@ -1686,14 +1662,8 @@ static int boxref_cb(const acs_mailbox *mb, void *userdata)
                 boxref *v;
                 size_t n, cap;
         } *l = userdata;
-        if (l->n == l->cap) {
-                size_t cap = l->cap ? l->cap * 2 : 32;
-                boxref *v = realloc(l->v, cap * sizeof(*v));
-                if (!v)
-                        return -ENOMEM;
-                l->v = v;
-                l->cap = cap;
-        }
+        if (ACS_GROW(l->v, l->cap, l->n, 32) < 0)
+                return -ENOMEM;
         char *n = strdup(mb->name);
         if (!n)
                 return -ENOMEM;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -21,6 +22,27 @@ static inline void acs_closep(int *fd) { if (*fd >= 0) close(*fd); }
 
 /* free() that leaves NULL behind: p = acs_free(p). */
 static inline void *acs_free(void *p) { free(p); return NULL; }
+
+/*
+ * Makes room for one more element in a growable array of n used and *cap allocated
+ * elements of elem_size bytes: when n == *cap, doubles the allocation (initial when empty).
+ * Returns 0, or -ENOMEM with *v and *cap unchanged. Use ACS_GROW.
+ */
+static inline int acs_grow(void **v, size_t *cap, size_t n, size_t elem_size, size_t initial)
+{
+        if (n < *cap)
+                return 0;
+        size_t c = *cap ? *cap * 2 : initial;
+        if (c <= *cap || c > SIZE_MAX / elem_size)
+                return -ENOMEM;
+        void *nv = realloc(*v, c * elem_size);
+        if (!nv)
+                return -ENOMEM;
+        *v = nv;
+        *cap = c;
+        return 0;
+}
+#define ACS_GROW(v, cap, n, initial) acs_grow((void **)&(v), &(cap), (n), sizeof(*(v)), (initial))
 
 #define ACS_NORETURN __attribute__((noreturn))
 #define ACS_PRINTF(a, b) __attribute__((format(printf, a, b)))
