@@ -1504,6 +1504,26 @@ int acs_store_message_set_flags(acs_store *s, int64_t id, unsigned flags, const 
         return w_end(s, own, r);
 }
 
+/* One write statement whose only parameter is id; with must_touch, -ENOENT when it changed no row. */
+static int write_id(acs_store *s, enum stmt_id sid, int64_t id, bool must_touch)
+{
+        bool own;
+        int r = w_begin(s, &own);
+
+        if (r < 0)
+                return r;
+        {
+                _cleanup_q_ struct q q = { 0 };
+
+                r = q_get(s, sid, &q);
+                if (r >= 0) {
+                        sqlite3_bind_int64(q.st, 1, id);
+                        r = must_touch ? write_one(s, &q) : q_exec(s, &q);
+                }
+        }
+        return w_end(s, own, r);
+}
+
 /* One-statement update of message id with one integer (or 0 = NULL when null0). */
 static int message_update(acs_store *s, enum stmt_id sid, int64_t id, int64_t v, bool null0)
 {
@@ -1566,21 +1586,7 @@ int acs_store_message_move(acs_store *s, int64_t id, int64_t mailbox_id, uint32_
 
 int acs_store_message_delete(acs_store *s, int64_t id)
 {
-        bool own;
-        int r = w_begin(s, &own);
-
-        if (r < 0)
-                return r;
-        {
-                _cleanup_q_ struct q q = { 0 };
-
-                r = q_get(s, ST_MSG_DELETE, &q);
-                if (r >= 0) {
-                        sqlite3_bind_int64(q.st, 1, id);
-                        r = write_one(s, &q);
-                }
-        }
-        return w_end(s, own, r);
+        return write_id(s, ST_MSG_DELETE, id, true);
 }
 
 int acs_store_message_delete_uid(acs_store *s, int64_t mailbox_id, uint32_t uid)
@@ -2117,21 +2123,7 @@ int acs_store_change_last(acs_store *s, int64_t *ret_seq)
 
 int acs_store_changes_trim(acs_store *s, int64_t upto_seq)
 {
-        bool own;
-        int r = w_begin(s, &own);
-
-        if (r < 0)
-                return r;
-        {
-                _cleanup_q_ struct q q = { 0 };
-
-                r = q_get(s, ST_CH_TRIM, &q);
-                if (r >= 0) {
-                        sqlite3_bind_int64(q.st, 1, upto_seq);
-                        r = q_exec(s, &q);
-                }
-        }
-        return w_end(s, own, r);
+        return write_id(s, ST_CH_TRIM, upto_seq, false);
 }
 
 /* ---- op log ---- */
@@ -2236,21 +2228,7 @@ int acs_store_op_next(acs_store *s, int64_t after_seq, acs_op *ret)
 
 int acs_store_op_done(acs_store *s, int64_t seq)
 {
-        bool own;
-        int r = w_begin(s, &own);
-
-        if (r < 0)
-                return r;
-        {
-                _cleanup_q_ struct q q = { 0 };
-
-                r = q_get(s, ST_OP_DONE, &q);
-                if (r >= 0) {
-                        sqlite3_bind_int64(q.st, 1, seq);
-                        r = write_one(s, &q);
-                }
-        }
-        return w_end(s, own, r);
+        return write_id(s, ST_OP_DONE, seq, true);
 }
 
 int acs_store_op_failed(acs_store *s, int64_t seq, const char *error)
