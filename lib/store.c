@@ -241,6 +241,7 @@ enum stmt_id {
         ST_MSG_SET_FLAGS,
         ST_MSG_SET_UID,
         ST_MSG_SET_STATE,
+        ST_MSG_SET_BODY,
         ST_MSG_MOVE,
         ST_MSG_DELETE,
         ST_MSG_DELETE_UID,
@@ -267,6 +268,7 @@ enum stmt_id {
         ST_OP_DONE,
         ST_OP_FAILED,
         ST_OP_COUNT,
+        ST_OP_RESOLVE_UID,
         ST_META_GET,
         ST_META_SET,
         ST_META_DEL,
@@ -308,6 +310,7 @@ static const char *const stmt_sql[_ST_MAX] = {
                              " modseq = CASE WHEN ?4 = 0 THEN modseq ELSE ?4 END WHERE id = ?1",
         [ST_MSG_SET_UID] = "UPDATE message SET uid = ?2 WHERE id = ?1",
         [ST_MSG_SET_STATE] = "UPDATE message SET state = ?2 WHERE id = ?1",
+        [ST_MSG_SET_BODY] = "UPDATE message SET body_id = ?2 WHERE id = ?1",
         [ST_MSG_MOVE] = "UPDATE message SET mailbox_id = ?2, uid = ?3,"
                         " uniq = coalesce(?4, internaldate || '.M' || id || '.acs') WHERE id = ?1",
         [ST_MSG_DELETE] = "DELETE FROM message WHERE id = ?1",
@@ -341,6 +344,8 @@ static const char *const stmt_sql[_ST_MAX] = {
         [ST_OP_DONE] = "DELETE FROM op WHERE seq = ?1",
         [ST_OP_FAILED] = "UPDATE op SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
         [ST_OP_COUNT] = "SELECT count(*) FROM op",
+        [ST_OP_RESOLVE_UID] = "UPDATE op SET uid = ?3 WHERE message_id = ?1 AND mailbox_id = ?2"
+                              " AND uid = 0",
         [ST_META_GET] = "SELECT value FROM meta WHERE key = ?1",
         [ST_META_SET] = "INSERT INTO meta (key, value) VALUES (?1, ?2)"
                         " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -1558,6 +1563,13 @@ int acs_store_message_set_state(acs_store *s, int64_t id, unsigned state)
         return message_update(s, ST_MSG_SET_STATE, id, state, false);
 }
 
+int acs_store_message_set_body(acs_store *s, int64_t id, int64_t body_id)
+{
+        if (body_id < 0)
+                return own_fail(s, -EINVAL, "invalid body id");
+        return message_update(s, ST_MSG_SET_BODY, id, body_id, true);
+}
+
 int acs_store_message_move(acs_store *s, int64_t id, int64_t mailbox_id, uint32_t uid,
                            const char *uniq)
 {
@@ -2249,6 +2261,36 @@ int acs_store_op_failed(acs_store *s, int64_t seq, const char *error)
                 }
         }
         return w_end(s, own, r);
+}
+
+int acs_store_op_resolve_uid(acs_store *s, int64_t message_id, int64_t mailbox_id, uint32_t uid)
+{
+        int64_t n = 0;
+        bool own;
+        int r;
+
+        if (message_id <= 0 || uid == 0)
+                return own_fail(s, -EINVAL, "resolve_uid needs a message id and a uid");
+        r = w_begin(s, &own);
+        if (r < 0)
+                return r;
+        {
+                _cleanup_q_ struct q q = { 0 };
+
+                r = q_get(s, ST_OP_RESOLVE_UID, &q);
+                if (r >= 0) {
+                        sqlite3_bind_int64(q.st, 1, message_id);
+                        sqlite3_bind_int64(q.st, 2, mailbox_id);
+                        sqlite3_bind_int64(q.st, 3, uid);
+                        r = q_exec(s, &q);
+                        if (r >= 0)
+                                n = sqlite3_changes64(s->db);
+                }
+        }
+        r = w_end(s, own, r);
+        if (r < 0)
+                return r;
+        return n > INT_MAX ? INT_MAX : (int)n;
 }
 
 int acs_store_op_count(acs_store *s, uint64_t *ret_count)

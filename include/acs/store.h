@@ -152,6 +152,11 @@ int acs_store_message_set_flags(acs_store *s, int64_t id, unsigned flags, const 
                                 uint64_t modseq);
 int acs_store_message_set_uid(acs_store *s, int64_t id, uint32_t uid);
 int acs_store_message_set_state(acs_store *s, int64_t id, unsigned state);
+/*
+ * Points the message at another body (0 = not cached). The old body is deleted when no
+ * other message or op refers to it any more. -ENOENT for an unknown message or body.
+ */
+int acs_store_message_set_body(acs_store *s, int64_t id, int64_t body_id);
 /* Moves the row to another mailbox with a new uid (0 = unknown) and a new unique part (NULL = generate). */
 int acs_store_message_move(acs_store *s, int64_t id, int64_t mailbox_id, uint32_t uid,
                            const char *uniq);
@@ -270,6 +275,14 @@ int acs_store_op_add(acs_store *s, acs_op *op);
 int acs_store_op_next(acs_store *s, int64_t after_seq, acs_op *ret);
 /* Removes an op once the server confirmed it. */
 int acs_store_op_done(acs_store *s, int64_t seq);
+/*
+ * Replay learned the server uid of a message that was a pending local append or move:
+ * sets uid in every op of message_id on mailbox_id whose uid is still 0 (the ops queued
+ * after the append/move, e.g. a FLAGS, EXPUNGE or MOVE of it; also the APPEND op itself,
+ * whose mailbox_id is the mailbox it appends to: replay removes it next). Returns the number of ops changed
+ * (0 is fine: nothing was queued). -EINVAL when message_id or uid is 0.
+ */
+int acs_store_op_resolve_uid(acs_store *s, int64_t message_id, int64_t mailbox_id, uint32_t uid);
 /* Records a failed attempt (attempts+1, last_error). */
 int acs_store_op_failed(acs_store *s, int64_t seq, const char *error);
 int acs_store_op_count(acs_store *s, uint64_t *ret_count);

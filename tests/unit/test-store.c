@@ -1324,6 +1324,97 @@ TEST(op_log)
         tmp_done();
 }
 
+TEST(op_resolve_uid)
+{
+        acs_store *s;
+        acs_op append = { 0 }, flags = { 0 }, other = { 0 }, elsewhere = { 0 }, known = { 0 };
+        acs_op got = { 0 };
+        int64_t mb, mb2, msg, body;
+
+        tmp_init();
+        s = open_new("r.db");
+        mb = add_mailbox(s, "INBOX", '/');
+        mb2 = add_mailbox(s, "Sent", '/');
+        CHECK_INT(acs_store_begin(s, true), 0);
+        CHECK_INT(acs_store_body_put(s, "x\n", 2, &body), 0);
+        msg = add_message(s, mb, 0, body);
+        append = (acs_op){ .kind = ACS_OP_APPEND, .mailbox_id = mb, .message_id = msg,
+                           .body_id = body };
+        flags = (acs_op){ .kind = ACS_OP_FLAGS, .mailbox_id = mb, .message_id = msg,
+                          .flags_add = ACS_FLAG_SEEN };
+        /* another message's op and an op in another mailbox stay untouched */
+        other = (acs_op){ .kind = ACS_OP_FLAGS, .mailbox_id = mb, .message_id = msg + 1 };
+        elsewhere = (acs_op){ .kind = ACS_OP_FLAGS, .mailbox_id = mb2, .message_id = msg };
+        known = (acs_op){ .kind = ACS_OP_FLAGS, .mailbox_id = mb, .message_id = msg, .uid = 3 };
+        CHECK_INT(acs_store_op_add(s, &append), 0);
+        CHECK_INT(acs_store_op_add(s, &flags), 0);
+        CHECK_INT(acs_store_op_add(s, &other), 0);
+        CHECK_INT(acs_store_op_add(s, &elsewhere), 0);
+        CHECK_INT(acs_store_op_add(s, &known), 0);
+        CHECK_INT(acs_store_commit(s), 0);
+
+        CHECK_INT(acs_store_op_resolve_uid(s, msg, mb, 0), -EINVAL);
+        CHECK_INT(acs_store_op_resolve_uid(s, 0, mb, 5), -EINVAL);
+        CHECK_INT(acs_store_op_resolve_uid(s, msg, mb, 42), 2);
+        CHECK_INT(acs_store_op_resolve_uid(s, msg, mb, 43), 0); /* nothing at 0 any more */
+        int64_t after = 0;
+        uint32_t want[] = { 42, 42, 0, 0, 3 };
+        for (size_t i = 0; i < ACS_ARRAY_SIZE(want); i++) {
+                CHECK_INT(acs_store_op_next(s, after, &got), 0);
+                CHECK_INT(got.uid, want[i]);
+                after = got.seq;
+                acs_op_clear(&got);
+        }
+        /* inside a transaction it is part of it */
+        CHECK_INT(acs_store_begin(s, true), 0);
+        CHECK_INT(acs_store_op_resolve_uid(s, msg, mb2, 7), 1);
+        acs_store_rollback(s);
+        CHECK_INT(acs_store_op_next(s, other.seq, &got), 0);
+        CHECK_INT(got.uid, 0);
+        acs_op_clear(&got);
+        acs_store_close(s);
+        tmp_done();
+}
+
+TEST(message_set_body)
+{
+        acs_store *s;
+        acs_message m = { 0 };
+        int64_t mb, msg, b1, b2;
+        uint64_t size;
+        int64_t seq0, seq1;
+
+        tmp_init();
+        s = open_new("b.db");
+        mb = add_mailbox(s, "INBOX", '/');
+        msg = add_message(s, mb, 1, 0);
+        CHECK_INT(acs_store_body_put(s, "one\n", 4, &b1), 0);
+        CHECK_INT(acs_store_body_put(s, "two!\n", 5, &b2), 0);
+        CHECK_INT(acs_store_change_last(s, &seq0), 0);
+        CHECK_INT(acs_store_message_set_body(s, msg, b1), 0);
+        CHECK_INT(acs_store_message_get(s, msg, &m), 0);
+        CHECK_INT(m.body_id, b1);
+        acs_message_clear(&m);
+        /* the old body goes when nothing refers to it any more */
+        CHECK_INT(acs_store_message_set_body(s, msg, b2), 0);
+        CHECK_INT(acs_store_body_size(s, b1, &size), -ENOENT);
+        CHECK_INT(acs_store_body_size(s, b2, &size), 0);
+        CHECK_INT(size, 5);
+        /* a body change is not a name change: no journal row */
+        CHECK_INT(acs_store_change_last(s, &seq1), 0);
+        CHECK_INT(seq1, seq0);
+        CHECK_INT(acs_store_message_set_body(s, msg, 99999), -ENOENT);
+        CHECK_INT(acs_store_message_set_body(s, msg + 100, b2), -ENOENT);
+        CHECK_INT(acs_store_message_set_body(s, msg, -1), -EINVAL);
+        CHECK_INT(acs_store_message_set_body(s, msg, 0), 0);
+        CHECK_INT(acs_store_body_size(s, b2, &size), -ENOENT);
+        CHECK_INT(acs_store_message_get(s, msg, &m), 0);
+        CHECK_INT(m.body_id, 0);
+        acs_message_clear(&m);
+        acs_store_close(s);
+        tmp_done();
+}
+
 /* ---- meta ---- */
 
 TEST(meta)
