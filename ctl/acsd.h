@@ -7,9 +7,9 @@
 #include <sys/types.h>
 
 #include "acs/config.h"
+#include "instance.h"
 #include "loop.h"
 #include "protocol.h"
-#include "vault.h"
 
 /*
  * acsd is one process and one thread (ctl/loop.h). Its parts, one file each:
@@ -30,24 +30,15 @@ typedef struct acsd {
         acs_config cfg;             /* main: loaded once at start (SIGHUP does not reload) */
         const char *config_path;    /* main */
         acs_loop *loop;             /* main */
-        acs_vault *vault;           /* main: created; instance.c puts/gets passwords */
+        inst_mgr *inst;             /* main creates it; instance.c: instances, vault, bus */
         struct acsd_server *server; /* server.c */
         struct acsd_sessions *sessions; /* session.c */
-        void *instances;            /* instance.c: its own state (type in ctl/instance.h) */
 
-        /* resolved from the config by main (getpwnam/getgrnam at start) */
-        uid_t agent_uid;            /* agent.user */
-        gid_t agent_gid;
-        uid_t tree_uid;             /* tree.owner */
-        gid_t tree_gid;             /* tree.group */
+        /* resolved from the config by main (getgrnam at start) */
         bool has_admin_gid;         /* session.admin_group set */
         gid_t admin_gid;
         bool has_allow_gid;         /* socket.allow_group set */
         gid_t allow_gid;
-
-        /* the private bus: main starts it (bus.mode = own) or takes bus.address */
-        char *bus_address;          /* main */
-        pid_t bus_pid;              /* main: our dbus-daemon, 0 with bus.mode = address */
 
         bool foreground;            /* main: --foreground */
         bool stopping;              /* main: SIGTERM/SIGINT seen, shutting down */

@@ -124,6 +124,13 @@ static const struct key keys[] = {
         { "session", "idle_timeout", KEY_UNSIGNED, OFF(session_idle_timeout), .def_num = 600,
           .min = 1, .max = 7 * 24 * 3600,
           .help = "seconds without a session before a user's instance stops" },
+        { "session", "expiry", KEY_UNSIGNED, OFF(session_expiry), .def_num = 3600,
+          .min = 1, .max = 30 * 24 * 3600,
+          .help = "seconds a session stays valid after its last use" },
+        { "session", "max_per_user", KEY_UNSIGNED, OFF(session_max_per_user), .def_num = 256,
+          .min = 1, .max = 1000000, .help = "sessions one user may hold at once" },
+        { "session", "admin_group", KEY_STRING, OFF(session_admin_group), .check = check_name,
+          .flags = KEY_OPTIONAL, .help = "group whose members may run WHO and see every user" },
 
         { "socket", "path", KEY_PATH, OFF(socket_path), .def_str = "/run/acsd/acsd.sock",
           .help = "the control socket of acsd" },
@@ -131,6 +138,11 @@ static const struct key keys[] = {
           .min = 1, .max = 65536, .help = "connections one uid may hold open at once" },
         { "socket", "allow_group", KEY_STRING, OFF(socket_allow_group), .check = check_name,
           .flags = KEY_OPTIONAL, .help = "group allowed to connect; empty = any user" },
+        { "socket", "mode", KEY_MODE, OFF(socket_mode), .def_num = 0666,
+          .help = "permission bits of the socket (octal)" },
+        { "socket", "max_connections", KEY_UNSIGNED, OFF(socket_max_connections),
+          .def_num = 4096, .min = 1, .max = 1000000,
+          .help = "client connections at once, all uids together" },
 
         { "bus", "mode", KEY_ENUM, OFF(bus_mode), .def_num = ACS_BUS_OWN, .values = bus_modes,
           .help = "own: acsd starts its own dbus-daemon; address: use bus.address" },
@@ -138,14 +150,24 @@ static const struct key keys[] = {
           .flags = KEY_OPTIONAL, .help = "D-Bus address to use with bus.mode = address" },
         { "bus", "max_connections", KEY_UNSIGNED, OFF(bus_max_connections), .def_num = 10000,
           .min = 1, .max = 1000000, .help = "connection limit of the private bus" },
+        { "bus", "dir", KEY_PATH, OFF(bus_dir), .flags = KEY_OPTIONAL,
+          .help = "directory of acsd's own bus socket; empty = DIR(socket.path)/bus" },
 
         { "limits", "max_users", KEY_UNSIGNED, OFF(limits_max_users), .def_num = 1000,
           .min = 1, .max = 1000000, .help = "users with a running instance at once" },
         { "limits", "login_failures", KEY_UNSIGNED, OFF(limits_login_failures), .def_num = 5,
           .min = 1, .max = 1000, .help = "failed logins per user/peer before slowing down" },
+        { "limits", "login_delay_max", KEY_UNSIGNED, OFF(limits_login_delay_max), .def_num = 60,
+          .min = 1, .max = 3600, .help = "longest delay of a failed login answer, seconds" },
+        { "limits", "max_sessions", KEY_UNSIGNED, OFF(limits_max_sessions), .def_num = 10000,
+          .min = 1, .max = 10000000, .help = "sessions of all users at once" },
 
         { "agent", "user", KEY_STRING, OFF(agent_user), .def_str = "acs", .check = check_name,
           .help = "unprivileged user running acs-syncd and acs-fs" },
+        { "agent", "uid_min", KEY_UNSIGNED, OFF(agent_uid_min), .def_num = 0, .min = 0,
+          .max = 4294967294u, .help = "first uid of the per-user agent range; 0 = no range" },
+        { "agent", "uid_max", KEY_UNSIGNED, OFF(agent_uid_max), .def_num = 0, .min = 0,
+          .max = 4294967294u, .help = "last uid of the per-user agent range; 0 = no range" },
 };
 
 #define N_KEYS ACS_ARRAY_SIZE(keys)
@@ -816,6 +838,25 @@ static void check_config(struct parse_state *st)
         if (c->imap_insecure_plaintext && c->imap_ca)
                 fail(st, line_of(st, "imap", "ca"),
                      "imap.ca is set but imap.insecure_plaintext = yes uses no TLS");
+        if (c->bus_mode == ACS_BUS_ADDRESS && c->bus_dir)
+                fail(st, line_of(st, "bus", "dir"),
+                     "bus.dir is set but bus.mode is address (bus.dir is where acsd's own bus "
+                     "lives)");
+        if ((c->agent_uid_min == 0) != (c->agent_uid_max == 0)) {
+                bool min_set = c->agent_uid_min != 0;
+                fail(st, line_of(st, "agent", min_set ? "uid_min" : "uid_max"),
+                     "agent.%s is set but agent.%s is not (set both for a per-user uid range, "
+                     "or neither)", min_set ? "uid_min" : "uid_max", min_set ? "uid_max" : "uid_min");
+        } else if (c->agent_uid_min > c->agent_uid_max) {
+                fail(st, line_of(st, "agent", "uid_max"),
+                     "agent.uid_max (%u) is below agent.uid_min (%u)", c->agent_uid_max,
+                     c->agent_uid_min);
+        } else if (c->agent_uid_min && c->agent_uid_max - c->agent_uid_min + 1u < c->limits_max_users) {
+                fail(st, line_of(st, "agent", "uid_max"),
+                     "agent.uid_min..uid_max holds %u uids, fewer than limits.max_users (%u): "
+                     "every running user needs its own uid", c->agent_uid_max - c->agent_uid_min + 1u,
+                     c->limits_max_users);
+        }
 }
 
 /* ---- entry points ---- */

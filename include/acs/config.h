@@ -35,19 +35,29 @@ typedef struct acs_config {
         unsigned tree_mode;        /* octal; default 0750 */
         /* [session] */
         unsigned session_idle_timeout; /* seconds with no session before an instance stops; 600 */
+        unsigned session_expiry;   /* seconds a session lives after its last use (no connection holds it); 3600 */
+        unsigned session_max_per_user; /* open sessions of one user; 256 */
+        char *session_admin_group; /* group whose members may run WHO and see every user; NULL = root only */
         /* [socket] */
         char *socket_path;         /* default /run/acsd/acsd.sock */
         unsigned socket_max_per_uid; /* 32 */
         char *socket_allow_group;  /* group allowed to connect; NULL = any */
+        unsigned socket_mode;      /* octal permission bits of the socket; 0666 */
+        unsigned socket_max_connections; /* client connections at once, all uids; 4096 */
         /* [bus] */
         enum acs_bus_mode bus_mode;
         char *bus_address;
         unsigned bus_max_connections; /* 10000 */
+        char *bus_dir;             /* directory of acsd's own bus socket; NULL = DIR(socket.path)/bus */
         /* [limits] */
         unsigned limits_max_users;    /* 1000 */
         unsigned limits_login_failures; /* failures per user/peer before slowing down: 5 */
+        unsigned limits_login_delay_max; /* longest delay of a failed login answer, seconds: 60 */
+        unsigned limits_max_sessions; /* sessions of all users at once: 10000 */
         /* [agent] */
         char *agent_user;          /* unprivileged uid for acs-syncd/acs-fs; default "acs" */
+        unsigned agent_uid_min;    /* with uid_max: a distinct uid per user from this range; 0 = */
+        unsigned agent_uid_max;    /*   every agent runs as agent.user */
 } acs_config;
 
 /* Fills *cfg with every default (strings malloc'd). */

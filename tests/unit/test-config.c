@@ -39,11 +39,14 @@ static int config_diff(const char *what, const acs_config *got, const acs_config
         DIFF_NUM(cache_mode) DIFF_STR(cache_dir) DIFF_STR(cache_memory_dir)
         DIFF_STR(tree_root) DIFF_NUM(tree_layout) DIFF_STR(tree_owner) DIFF_STR(tree_group)
         DIFF_NUM(tree_mode)
-        DIFF_NUM(session_idle_timeout)
+        DIFF_NUM(session_idle_timeout) DIFF_NUM(session_expiry) DIFF_NUM(session_max_per_user)
+        DIFF_STR(session_admin_group)
         DIFF_STR(socket_path) DIFF_NUM(socket_max_per_uid) DIFF_STR(socket_allow_group)
-        DIFF_NUM(bus_mode) DIFF_STR(bus_address) DIFF_NUM(bus_max_connections)
+        DIFF_NUM(socket_mode) DIFF_NUM(socket_max_connections)
+        DIFF_NUM(bus_mode) DIFF_STR(bus_address) DIFF_NUM(bus_max_connections) DIFF_STR(bus_dir)
         DIFF_NUM(limits_max_users) DIFF_NUM(limits_login_failures)
-        DIFF_STR(agent_user)
+        DIFF_NUM(limits_login_delay_max) DIFF_NUM(limits_max_sessions)
+        DIFF_STR(agent_user) DIFF_NUM(agent_uid_min) DIFF_NUM(agent_uid_max)
 #undef DIFF_STR
 #undef DIFF_NUM
         return n;
@@ -74,6 +77,16 @@ TEST(defaults)
         CHECK_STR(c.tree_group, "www-data");
         CHECK_INT(c.tree_mode, 0750);
         CHECK_INT(c.session_idle_timeout, 600);
+        CHECK_INT(c.session_expiry, 3600);
+        CHECK_INT(c.session_max_per_user, 256);
+        CHECK(c.session_admin_group == NULL);
+        CHECK_INT(c.socket_mode, 0666);
+        CHECK_INT(c.socket_max_connections, 4096);
+        CHECK(c.bus_dir == NULL);
+        CHECK_INT(c.limits_login_delay_max, 60);
+        CHECK_INT(c.limits_max_sessions, 10000);
+        CHECK_INT(c.agent_uid_min, 0);
+        CHECK_INT(c.agent_uid_max, 0);
         CHECK_STR(c.socket_path, "/run/acsd/acsd.sock");
         CHECK_INT(c.socket_max_per_uid, 32);
         CHECK(c.socket_allow_group == NULL);
@@ -127,15 +140,30 @@ static void want_full(acs_config *c)
         set_str(&c->tree_group, "dovecot");
         c->tree_mode = 0700;
         c->session_idle_timeout = 1;
+        c->session_expiry = 2592000;
+        c->session_max_per_user = 1;
+        set_str(&c->session_admin_group, "adm");
         set_str(&c->socket_path, "/run/x.sock");
         c->socket_max_per_uid = 65536;
         set_str(&c->socket_allow_group, "www-data");
+        c->socket_mode = 0660;
+        c->socket_max_connections = 1000000;
         c->bus_mode = ACS_BUS_ADDRESS;
         set_str(&c->bus_address, "unix:path=/run/acs/bus");
         c->bus_max_connections = 1;
         c->limits_max_users = 1000000;
         c->limits_login_failures = 1000;
+        c->limits_login_delay_max = 3600;
+        c->limits_max_sessions = 10000000;
         set_str(&c->agent_user, "_acs-agent");
+        c->agent_uid_min = 100000;
+        c->agent_uid_max = 1099999;
+}
+static void want_own_bus(acs_config *c)
+{
+        set_str(&c->bus_dir, "/run/acsd/mybus");
+        c->agent_uid_min = 4294967294u - 999;
+        c->agent_uid_max = 4294967294u;
 }
 static void want_insecure(acs_config *c)
 {
@@ -187,12 +215,17 @@ static const struct good_case good_cases[] = {
           "[cache]\nmode = persistent\ndir = /srv/acs/cache\nmemory_dir = /dev/shm/acs\n"
           "[tree]\nroot = /srv/acs/tree\nlayout = maildir++\nowner = mail\ngroup = dovecot\n"
           "mode = 0700\n"
-          "[session]\nidle_timeout = 1\n"
+          "[session]\nidle_timeout = 1\nexpiry = 2592000\nmax_per_user = 1\nadmin_group = adm\n"
           "[socket]\npath = /run/x.sock\nmax_per_uid = 65536\nallow_group = www-data\n"
+          "mode = 660\nmax_connections = 1000000\n"
           "[bus]\nmode = address\naddress = unix:path=/run/acs/bus\nmax_connections = 1\n"
-          "[limits]\nmax_users = 1000000\nlogin_failures = 1000\n"
-          "[agent]\nuser = _acs-agent\n",
+          "[limits]\nmax_users = 1000000\nlogin_failures = 1000\nlogin_delay_max = 3600\n"
+          "max_sessions = 10000000\n"
+          "[agent]\nuser = _acs-agent\nuid_min = 100000\nuid_max = 1099999\n",
           want_full },
+        { "own bus dir, top uid range",
+          "[bus]\ndir = /run/acsd/mybus\n[agent]\nuid_min = 4294966295\nuid_max = 4294967294\n",
+          want_own_bus },
         { "insecure with imap://",
           "[imap]\ninsecure_plaintext = yes\nurl = imap://127.0.0.1:1143\n", want_insecure },
         { "bool true", "[imap]\nurl = imap://127.0.0.1:1143\ninsecure_plaintext = true\n",
@@ -331,6 +364,21 @@ static const struct bad_case bad_cases[] = {
         { "[imap]\nurl = imaps://h\ninsecure_plaintext = yes\n", 3, "needs an imap:// url" },
         { "[imap]\nurl = imap://h\nca = /ca.pem\ninsecure_plaintext = yes\n", 3,
           "imap.ca is set but imap.insecure_plaintext = yes" },
+        { "[bus]\nmode = address\naddress = unix:path=/x\ndir = /run/b\n", 4,
+          "bus.dir is set but bus.mode is address" },
+        { "[agent]\nuid_min = 5000\n", 2, "agent.uid_min is set but agent.uid_max is not" },
+        { "[agent]\nuid_max = 5000\n", 2, "agent.uid_max is set but agent.uid_min is not" },
+        { "[agent]\nuid_min = 5000\nuid_max = 4000\n", 3, "agent.uid_max (4000) is below" },
+        { "[limits]\nmax_users = 10\n[agent]\nuid_min = 5000\nuid_max = 5008\n", 5,
+          "holds 9 uids, fewer than limits.max_users (10)" },
+        { "[agent]\nuid_min = 4294967295\n", 2, "agent.uid_min: bad value '4294967295'" },
+        { "[session]\nexpiry = 0\n", 2, "session.expiry: bad value '0'" },
+        { "[session]\nadmin_group = a b\n", 2, "session.admin_group: bad value" },
+        { "[socket]\nmode = 1666\n", 2, "socket.mode: bad value '1666'" },
+        { "[socket]\nmax_connections = 0\n", 2, "socket.max_connections: bad value" },
+        { "[bus]\ndir = run/b\n", 2, "bus.dir: bad value 'run/b': expected an absolute path" },
+        { "[limits]\nlogin_delay_max = 3601\n", 2, "limits.login_delay_max: bad value" },
+        { "[limits]\nmax_sessions = 0\n", 2, "limits.max_sessions: bad value" },
         /* the first error wins */
         { "[imap]\nurl = x\nurl = y\n[nosuch]\n", 2, "imap.url: bad value 'x'" },
         { "[nosuch]\n[imap]\nurl = x\n", 1, "unknown section [nosuch]" },
@@ -607,9 +655,12 @@ TEST(every_key_documented_and_in_example)
         static const char *const all[] = {
                 "imap.url", "imap.ca", "imap.insecure_plaintext", "cache.mode", "cache.dir",
                 "cache.memory_dir", "tree.root", "tree.layout", "tree.owner", "tree.group",
-                "tree.mode", "session.idle_timeout", "socket.path", "socket.max_per_uid",
-                "socket.allow_group", "bus.mode", "bus.address", "bus.max_connections",
-                "limits.max_users", "limits.login_failures", "agent.user",
+                "tree.mode", "session.idle_timeout", "session.expiry", "session.max_per_user",
+                "session.admin_group", "socket.path", "socket.max_per_uid",
+                "socket.allow_group", "socket.mode", "socket.max_connections", "bus.mode",
+                "bus.address", "bus.max_connections", "bus.dir", "limits.max_users",
+                "limits.login_failures", "limits.login_delay_max", "limits.max_sessions",
+                "agent.user", "agent.uid_min", "agent.uid_max",
         };
         char root[PATH_MAX], path[PATH_MAX + 32];
         _cleanup_free_ char *doc = NULL, *example = NULL;
