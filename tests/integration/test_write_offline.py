@@ -100,7 +100,7 @@ def test_offline_writes_converge(harness_tmp):
         renamable = set(RENAMABLE)
 
         def pick(folder=None, sub=None):
-            folders = [f for f in model.folders if folder is None or f == folder]
+            folders = sorted(f for f in model.folders if folder is None or f == folder)
             rng.shuffle(folders)
             for f in folders:
                 fs = [x for x in inst.tree_files(f) if sub is None or x[1] == sub]
