@@ -63,6 +63,7 @@ class Daemon:
     """acs-syncd without --once; collects its JSON events from stderr in a thread."""
 
     def __init__(self, dv, db, user='user1', extra=()):
+        self.dv = dv
         self.proc = subprocess.Popen(syncd_args(dv, db, user, extra=extra), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.events = []
@@ -95,8 +96,24 @@ class Daemon:
                 left = deadline - time.monotonic()
                 if left <= 0 or self.proc.poll() is not None and not self.thread.is_alive():
                     raise AssertionError(f'no matching event in {timeout}s; rc={self.proc.poll()}\n'
-                                         + ''.join(self.lines[-40:]))
+                                         + ''.join(self.lines[-40:]) + self.diagnostics())
                 self.cond.wait(min(left, 0.5))
+
+    def diagnostics(self):
+        """What a stall needs to be understood: the agent's threads (gdb) and Dovecot's log tail."""
+        out = ''
+        if self.proc.poll() is None:
+            try:
+                bt = subprocess.run(['gdb', '-p', str(self.proc.pid), '-batch', '-ex', 'thread apply all bt'],
+                                    capture_output=True, text=True, timeout=60)
+                out += '\n--- acs-syncd threads (gdb) ---\n' + bt.stdout[-8000:]
+            except (OSError, subprocess.TimeoutExpired) as e:
+                out += f'\n--- gdb failed: {e} ---\n'
+        log = getattr(self.dv, 'log_file', None)
+        if log and os.path.exists(log):
+            with open(log, errors='replace') as f:
+                out += '\n--- dovecot log (tail) ---\n' + ''.join(f.readlines()[-40:])
+        return out
 
     def n_events(self):
         with self.cond:
