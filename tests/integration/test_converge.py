@@ -31,7 +31,9 @@ import os
 import random
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -258,6 +260,11 @@ class Run:
             time.sleep(0.02)
 
     # ---- local operations (through the tree) ----
+    # Each l_* chooses an operation and returns (description, act, probe, commit) or None:
+    # act() does it through the tree, probe() tells from the tree whether it is done (True),
+    # not done (False), or raises when the tree shows something in between; commit()
+    # records it in the model. run_local() runs one, possibly killing acs-fs during act().
+
     def retry(self, fn):
         """fn(), again after a FileNotFoundError: acs renamed the file meanwhile (a server
         flag change arriving), and a client looks again, as Maildir clients do."""
@@ -269,47 +276,69 @@ class Run:
                     raise
                 time.sleep(0.01)
 
+    def where(self, m, folder):
+        """Path of m's file (by unique part) in folder, or None."""
+        d = self.fdir(folder)
+        for sub in ('cur', 'new'):
+            for n in os.listdir(d / sub):
+                if split_name(n)[0] == m.uniq:
+                    return d / sub / n
+        return None
+
     def l_flags(self):
         ms = self.local_msgs()
         if not ms:
-            return
+            return None
         m = self.rng.choice(ms)
         letter = self.rng.choice(sorted(LOCAL_FLAGS))
+        had = LOCAL_FLAGS[letter] in m.flags
 
-        def do():
+        def act():
             p = self.locate(m)
-            info = split_name(p.name)[1] or ''
-            letters = set(info) ^ {letter}
+            letters = set(split_name(p.name)[1] or '') ^ {letter}
             os.rename(p, self.fdir(m.folder) / 'cur' / (m.uniq + ':2,' + ''.join(sorted(letters))))
-        self.retry(do)
-        m.flags ^= {LOCAL_FLAGS[letter]}
-        self.note(f'local flags {m.mid} ^{letter}')
+
+        def probe():
+            return (letter in (split_name(self.locate(m).name)[1] or '')) != had
+
+        def commit():
+            m.flags ^= {LOCAL_FLAGS[letter]}
+        return f'local flags {m.mid} ^{letter}', act, probe, commit
 
     def l_move(self):
         ms = self.local_msgs(pinned=False)
         targets = [f for f, o in self.folders.items() if o == 'L']
         if not ms or len(targets) < 2:
-            return
+            return None
         m = self.rng.choice(ms)
         t = self.rng.choice([f for f in targets if f != m.folder])
+        src = m.folder
 
-        def do():
+        def act():
             p = self.locate(m)
             os.rename(p, self.fdir(t) / 'cur' / p.name)
-        self.retry(do)
-        m.moved_from.append(m.folder)
-        self.note(f'local move {m.mid} {m.folder} -> {t}')
-        m.folder = t
+
+        def probe():
+            a, b = self.where(m, src), self.where(m, t)
+            assert (a is None) != (b is None), f'{m.mid} in {src}: {a}, in {t}: {b}'
+            return b is not None
+
+        def commit():
+            m.moved_from.append(src)
+            m.folder = t
+        return f'local move {m.mid} {src} -> {t}', act, probe, commit
 
     def l_unlink(self):
         ms = self.local_msgs()
         if not ms:
-            return
+            return None
         m = self.rng.choice(ms)
-        self.retry(lambda: os.unlink(self.locate(m)))
-        del self.msgs[m.mid]
-        self.gone.add(m.mid)
-        self.note(f'local unlink {m.mid}')
+
+        def commit():
+            del self.msgs[m.mid]
+            self.gone.add(m.mid)
+        return (f'local unlink {m.mid}', lambda: os.unlink(self.locate(m)),
+                lambda: self.where(m, m.folder) is None, commit)
 
     def l_append(self):
         targets = [f for f, o in self.folders.items() if o in ('L', 'P')]
@@ -322,60 +351,109 @@ class Run:
         date = 1650000000 + self.seed * 1000 + self.k
         letters = ''.join(sorted(self.rng.sample(sorted(LOCAL_FLAGS), self.rng.randint(0, 2))))
         uniq = f'{date}.A{self.k}S{self.seed}.conv'
-        tmp = self.fdir(t) / 'tmp' / uniq
-        data = body.replace(b'\r\n', b'\n')
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-            if self.rng.random() < 0.5:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.utime(tmp, (date, date))
-        if letters or self.rng.random() < 0.5:
-            os.rename(tmp, self.fdir(t) / 'cur' / f'{uniq}:2,{letters}')
-        else:
-            os.rename(tmp, self.fdir(t) / 'new' / uniq)
+        sync = self.rng.random() < 0.5
+        into_new = not letters and self.rng.random() < 0.5
         m = Msg(mid, 'L', t, {LOCAL_FLAGS[c] for c in letters}, date, body, pinned=self.folders[t] == 'P')
         m.uniq = uniq
-        self.msgs[mid] = m
-        self.note(f'local append {mid} -> {t} {letters}')
+
+        def act():
+            tmp = self.fdir(t) / 'tmp' / uniq
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, body.replace(b'\r\n', b'\n'))
+                if sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.utime(tmp, (date, date))
+            if into_new:
+                os.rename(tmp, self.fdir(t) / 'new' / uniq)
+            else:
+                os.rename(tmp, self.fdir(t) / 'cur' / f'{uniq}:2,{letters}')
+
+        def commit():
+            self.msgs[mid] = m
+        return (f'local append {mid} -> {t} {letters or ("new/" if into_new else "")}', act,
+                lambda: self.where(m, t) is not None, commit)
 
     def l_mkdir(self):
         parents = [None] + [f for f, o in self.folders.items() if o == 'L' and '/' not in f]
         parent = self.rng.choice(parents)
         self.k += 1
         name = f'L{self.seed}m{self.k}' if parent is None else f'{parent}/m{self.k}'
-        os.mkdir(self.inst.tree / name)
-        self.folders[name] = 'L'
-        self.note(f'local mkdir {name}')
+
+        def commit():
+            self.folders[name] = 'L'
+        return (f'local mkdir {name}', lambda: os.mkdir(self.inst.tree / name),
+                lambda: (self.inst.tree / name / 'cur').is_dir(), commit)
 
     def l_rmdir(self):
         cands = [f for f, o in self.folders.items() if o == 'L'
                  and not any(m.folder == f for m in self.msgs.values())
                  and not any(g.startswith(f + '/') for g in self.folders)]
         if not cands:
-            return
+            return None
         f = self.rng.choice(cands)
-        os.rmdir(self.fdir(f))
-        del self.folders[f]
-        self.note(f'local rmdir {f}')
+        d = self.fdir(f)
+
+        def commit():
+            del self.folders[f]
+        return f'local rmdir {f}', lambda: os.rmdir(d), lambda: not d.exists(), commit
 
     def l_rename(self):
         cands = [f for f, o in self.folders.items() if o == 'L' and '/' not in f]
         if not cands:
-            return
+            return None
         f = self.rng.choice(cands)
         self.k += 1
         new = f'L{self.seed}r{self.k}'
-        os.rename(self.fdir(f), self.inst.tree / new)
-        for g in [g for g in self.folders if g == f or g.startswith(f + '/')]:
-            h = new + g[len(f):]
-            self.folders[h] = self.folders.pop(g)
-            for m in self.msgs.values():
-                if m.folder == g:
-                    m.folder = h
-        self.note(f'local rename {f} -> {new}')
+        old_dir, new_dir = self.fdir(f), self.inst.tree / new
+
+        def probe():
+            a, b = (old_dir / 'cur').is_dir(), (new_dir / 'cur').is_dir()
+            assert a != b, f'folder rename {f} -> {new}: old there {a}, new there {b}'
+            return b
+
+        def commit():
+            for g in [g for g in self.folders if g == f or g.startswith(f + '/')]:
+                h = new + g[len(f):]
+                self.folders[h] = self.folders.pop(g)
+                for m in self.msgs.values():
+                    if m.folder == g:
+                        m.folder = h
+        return f'local rename {f} -> {new}', lambda: os.rename(old_dir, new_dir), probe, commit
+
+    def run_local(self, choose, kill=False):
+        """Runs one local operation; with kill=True acs-fs gets SIGKILL 0-4 ms into it, is
+        mounted again, and the tree must show the operation wholly done or not at all (a
+        call that answered success must be done); the model follows what the tree shows."""
+        spec = choose()
+        if spec is None:
+            return
+        desc, act, probe, commit = spec
+        if not kill:
+            self.retry(act)
+            commit()
+            self.note(desc)
+            return
+        pid = self.inst.fs.pid
+        timer = threading.Timer(self.rng.uniform(0, 0.004), os.kill, (pid, signal.SIGKILL))
+        timer.start()
+        err = None
+        try:
+            act()
+        except OSError as e:
+            err = e
+        timer.join()
+        self.inst.kill_fs()     # reaps it (waits for the timer's SIGKILL) and unmounts
+        self.inst.start_fs()
+        done = probe()
+        if err is None:
+            assert done, f'{desc}: the call succeeded before acs-fs was killed, but the tree does not show it'
+        if done:
+            commit()
+        self.note(f'{desc} with acs-fs killed during it: call {"ok" if err is None else err.strerror}, '
+                  f'{"done" if done else "not done"}')
 
     # ---- server operations (second client) ----
     def s_msgs(self):
@@ -533,15 +611,24 @@ class Run:
                  (self.l_mkdir, 3), (self.l_rmdir, 3), (self.l_rename, 3)]
         server = [(self.s_flags, 6), (self.s_pinned_flags, 5), (self.s_move, 4), (self.s_expunge, 3),
                   (self.s_append, 5), (self.s_cross_expunge, 8), (self.s_create, 2), (self.s_delete, 6)]
-        faults = [(self.kill_syncd, 4), (self.start_syncd, 5), (self.kill_fs, 2),
+        faults = [(self.kill_syncd, 4), (self.start_syncd, 5), (self.kill_fs, 1), (self.kill_fs_during, 2),
                   (self.server_crash, 2), (self.server_start, 5)]
+        lfns = {f for f, _ in local}
         for _ in range(STEPS):
             choices = local + faults + ([] if self.server_down else server)
             fn = self.rng.choices([f for f, _ in choices], [w for _, w in choices])[0]
-            fn()
+            if fn in lfns:
+                self.run_local(fn)
+            else:
+                fn()
             pause = self.rng.choice((0, 0, 0, 0.002, 0.01, 0.03))
             if pause:
                 time.sleep(pause)
+
+    def kill_fs_during(self):
+        fn = self.rng.choices([self.l_flags, self.l_move, self.l_unlink, self.l_append, self.l_mkdir,
+                               self.l_rmdir, self.l_rename], [4, 4, 2, 4, 1, 1, 1])[0]
+        self.run_local(fn, kill=True)
 
     def quiesce(self):
         self.server_start()
