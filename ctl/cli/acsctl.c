@@ -51,6 +51,7 @@ static int arg_timeout_ms = DEFAULT_TIMEOUT_MS;
 static bool arg_quiet;
 
 struct conn {
+        const char *path; /* connected on first use: after a password was typed */
         int fd;
         acs_proto_reader *rd; /* sodium_malloc'd (locked, wiped on free) */
 };
@@ -386,6 +387,11 @@ static int expect_ok(struct conn *c, enum acs_proto_cmd_type type, acs_proto_rep
 
 static int hello(struct conn *c)
 {
+        if (c->fd < 0) {
+                int e = conn_connect(c, c->path);
+                if (e)
+                        return e;
+        }
         acs_proto_cmd cmd = { .type = ACS_CMD_HELLO, .vmin = ACS_PROTO_VERSION_MIN,
                               .vmax = ACS_PROTO_VERSION };
         int e = conn_send_cmd(c, &cmd);
@@ -904,10 +910,7 @@ int main(int argc, char **argv)
         int e = socket_path(&path);
         if (e)
                 return e;
-        struct conn c = { .fd = -1 };
-        e = conn_connect(&c, path);
-        if (e)
-                return e;
+        struct conn c = { .path = path, .fd = -1 };
 
         if (strcmp(verb, "open") == 0) {
                 e = cmd_open(&c, args[0]);
