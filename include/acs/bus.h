@@ -147,3 +147,10 @@ int acs_bus_dispatch(acs_bus *b);
  * dispatches once. 0 (also on timeout), -ECONNRESET, -EINTR, -errno of poll.
  */
 int acs_bus_wait(acs_bus *b, int timeout_ms);
+
+/* True when complete messages already wait in memory (e.g. queued during a blocking call):
+ * dispatch at once, polling the fd would not report them. */
+bool acs_bus_has_pending(const acs_bus *b);
+
+/* Frees libdbus's global state (dbus_shutdown); only once no connection is left, at exit. */
+void acs_bus_shutdown(void);
