@@ -4,16 +4,20 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sysexits.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <sodium.h>
 
+#include "acs/agent.h"
+#include "acs/bus.h"
 #include "acs/log.h"
 #include "acs/store.h"
 #include "acs/util.h"
@@ -22,6 +26,7 @@
 
 #define PASSWORD_MAX 4096
 #define BACKOFF_MAX_SEC 60
+#define CRED_TIMEOUT_MS 30000
 
 volatile sig_atomic_t syncd_stop;
 static struct timespec t_start;
@@ -44,11 +49,161 @@ static void on_signal(int sig)
         errno = saved;
 }
 
+/*
+ * --bus mode: the connection to acsd (lib/agent.c). libdbus wants one thread per
+ * connection at a time: the listener thread below and the main thread (password request,
+ * results) take agent_lock around every use.
+ */
+static acs_agent *agent;
+static pthread_mutex_t agent_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_t agent_thread;
+static int agent_quit[2] = {-1, -1};
+
+static void request_stop(void)
+{
+        syncd_stop = 1;
+        if (wake_pipe[1] >= 0)
+                (void)!write(wake_pipe[1], "x", 1);
+}
+
+/* Listens for acsd's STOP and SYNC_NOW while the main thread syncs. */
+static void *agent_listen(void *arg)
+{
+        for (;;) {
+                struct pollfd p[2] = {
+                        {.fd = acs_agent_fd(agent), .events = POLLIN},
+                        {.fd = agent_quit[0], .events = POLLIN},
+                };
+                int n = poll(p, 2, 1000);
+                if (n < 0 && errno != EINTR)
+                        break;
+                if (p[1].revents)
+                        break;
+                unsigned ev = 0;
+                pthread_mutex_lock(&agent_lock);
+                uint64_t rejected_before = acs_agent_rejected(agent);
+                int r = acs_agent_dispatch(agent, &ev);
+                uint64_t rejected = acs_agent_rejected(agent) - rejected_before;
+                const char *why = acs_agent_last_error(agent);
+                _cleanup_free_ char *mb = (ev & ACS_AGENT_EV_SYNC_NOW) ? acs_agent_take_sync_mailbox(agent) : NULL;
+                pthread_mutex_unlock(&agent_lock);
+                if (rejected)
+                        acs_log(LOG_WARNING, "bus: dropped %llu message(s): %s", (unsigned long long)rejected,
+                                why ? why : "?");
+                if (ev & ACS_AGENT_EV_SYNC_NOW)
+                        acs_log(LOG_NOTICE, "bus: SYNC_NOW%s%s (the push loop syncs on its own schedule)",
+                                mb ? " " : "", mb ? mb : "");
+                if (ev & ACS_AGENT_EV_STOP) {
+                        acs_log(LOG_NOTICE, "bus: STOP from acsd");
+                        request_stop();
+                        break;
+                }
+                if (r < 0) {
+                        acs_log(LOG_ERR, "bus: connection to acsd lost (%s); stopping", strerror(-r));
+                        request_stop();
+                        break;
+                }
+        }
+        return NULL;
+}
+
+static int agent_start(const char *address, int key_fd)
+{
+        int r = acs_agent_open(address, key_fd, ACS_AGENT_SYNCD, &agent);
+        if (r < 0)
+                return r;
+        if (pipe2(agent_quit, O_CLOEXEC) < 0)
+                return -errno;
+        r = pthread_create(&agent_thread, NULL, agent_listen, NULL);
+        if (r != 0) {
+                close(agent_quit[0]);
+                close(agent_quit[1]);
+                agent_quit[0] = agent_quit[1] = -1;
+                return -r;
+        }
+        return 0;
+}
+
+static void agent_stop(void)
+{
+        if (!agent)
+                return;
+        if (agent_quit[1] >= 0) {
+                (void)!write(agent_quit[1], "x", 1);
+                pthread_join(agent_thread, NULL);
+                close(agent_quit[0]);
+                close(agent_quit[1]);
+                agent_quit[0] = agent_quit[1] = -1;
+        }
+        agent = acs_agent_free(agent);
+        acs_bus_shutdown();
+}
+
+/* Tells acsd how a connection attempt ended (LOGIN_RESULT), if there is an acsd. */
+static void agent_login_result(int r, bool permanent)
+{
+        if (!agent)
+                return;
+        enum acs_agent_login res = r == 0 ? ACS_AGENT_LOGIN_OK
+                                   : r == -EACCES ? ACS_AGENT_LOGIN_REJECTED
+                                   : permanent ? ACS_AGENT_LOGIN_FAILED
+                                               : ACS_AGENT_LOGIN_UNAVAILABLE;
+        uint32_t status = r == 0 ? 0 : (uint32_t)acs_imap_error_exit_status(r);
+        pthread_mutex_lock(&agent_lock);
+        int e = acs_agent_send_login_result(agent, res, status);
+        pthread_mutex_unlock(&agent_lock);
+        if (e < 0)
+                acs_log(LOG_WARNING, "bus: cannot send the login result: %s", strerror(-e));
+}
+
+static void agent_status(enum acs_agent_state st, enum acs_agent_progress ev)
+{
+        if (!agent)
+                return;
+        pthread_mutex_lock(&agent_lock);
+        int e = acs_agent_send_status(agent, st, 0);
+        if (e == 0 && ev)
+                e = acs_agent_send_progress(agent, ev, 0, 0);
+        pthread_mutex_unlock(&agent_lock);
+        if (e < 0)
+                acs_log(LOG_WARNING, "bus: cannot send a status: %s", strerror(-e));
+}
+
+/*
+ * The password for this login: --password-file/-fd's copy, or (--bus) a fresh one from
+ * acsd, which the caller wipes right after the login. 0 or -errno.
+ */
+static int get_password(const syncd_opts *o, char **ret_pw, bool *ret_owned)
+{
+        if (!agent) {
+                *ret_pw = o->password;
+                *ret_owned = false;
+                return 0;
+        }
+        char *pw = NULL;
+        size_t len = 0;
+        pthread_mutex_lock(&agent_lock);
+        int r = acs_agent_get_password(agent, CRED_TIMEOUT_MS, &pw, &len);
+        pthread_mutex_unlock(&agent_lock);
+        if (r == -ECANCELED) {
+                request_stop();
+                return -EINTR;
+        }
+        if (r < 0) {
+                acs_log(LOG_ERR, "bus: no password from acsd: %s", strerror(-r));
+                return r == -ETIMEDOUT ? -EAGAIN : r;
+        }
+        *ret_pw = pw;
+        *ret_owned = true;
+        return 0;
+}
+
 static void usage(FILE *f)
 {
         fprintf(f,
                 "usage: acs-syncd --db PATH --url imaps://HOST[:PORT]|imap://HOST[:PORT] --user USER\n"
-                "                 (--password-file FILE | --password-fd N) [--ca FILE] [--once]\n"
+                "                 (--password-file FILE | --password-fd N | --bus ADDRESS --key-fd N)\n"
+                "                 [--ca FILE] [--once]\n"
                 "                 [--progress=json] [--insecure-plaintext] [--timeout SEC]\n"
                 "                 [--log-level debug|info|notice|warning|err] [--retries N] [--poll SEC]\n"
                 "Keeps the acs cache at PATH in step with the IMAP mailbox (read direction).\n"
@@ -176,7 +331,16 @@ static int connect_login(syncd *sd)
         err = acs_free(err);
         acs_log(LOG_DEBUG, "%.1f ms: connected, logging in", ms_since_start());
         const void *caps_before = imap->imap_connection_info ? imap->imap_connection_info->imap_capability : NULL;
-        r = acs_imap_login(imap, o->user, o->password, &err);
+        char *password = NULL;
+        bool owned = false;
+        r = get_password(o, &password, &owned);
+        if (r < 0) {
+                mailimap_free(imap);
+                return r;
+        }
+        r = acs_imap_login(imap, o->user, password, &err);
+        if (owned)
+                password = acs_secret_free(password); /* asked for each login, forgotten after it */
         if (r < 0) {
                 acs_log(LOG_ERR, "login as %s at %s failed: %s", o->user, o->url, err ? err : strerror(-r));
                 mailimap_free(imap);
@@ -228,11 +392,17 @@ static int run(syncd *sd)
 
         while (!syncd_stop) {
                 int r = connect_login(sd);
+                if (r == -EINTR || syncd_stop)
+                        break;
                 if (r < 0) {
-                        if (permanent_connect_error(r) || (r == -EPROTO && attempt == 0))
+                        bool permanent = permanent_connect_error(r) || (r == -EPROTO && attempt == 0);
+                        agent_login_result(r, permanent);
+                        if (permanent)
                                 return acs_imap_error_exit_status(r);
                         goto retry;
                 }
+                agent_login_result(0, false);
+                agent_status(ACS_AGENT_STATE_SYNCING, 0);
                 r = syncd_sync_list(sd);
                 acs_log(LOG_DEBUG, "%.1f ms: mailbox list read", ms_since_start());
                 if (r == 0)
@@ -247,6 +417,7 @@ static int run(syncd *sd)
                         attempt = 0;
                         backoff = 1;
                         progress_event("synced", NULL);
+                        agent_status(ACS_AGENT_STATE_ONLINE, ACS_AGENT_PROGRESS_SYNCED);
                         if (o->once) {
                                 disconnect(sd, true);
                                 return EX_OK;
@@ -277,6 +448,7 @@ static int run(syncd *sd)
                 }
                 acs_log(LOG_NOTICE, "reconnecting in %u s", backoff);
                 progress_event("reconnect", NULL);
+                agent_status(ACS_AGENT_STATE_OFFLINE, ACS_AGENT_PROGRESS_RECONNECT);
                 if (sleep_or_stop(backoff))
                         break;
                 backoff = backoff * 2 > BACKOFF_MAX_SEC ? BACKOFF_MAX_SEC : backoff * 2;
@@ -289,7 +461,7 @@ static int run(syncd *sd)
 int main(int argc, char **argv)
 {
         enum { OPT_DB = 256, OPT_URL, OPT_USER, OPT_PWFILE, OPT_PWFD, OPT_CA, OPT_ONCE, OPT_PROGRESS,
-               OPT_INSECURE, OPT_TIMEOUT, OPT_LOGLEVEL, OPT_RETRIES, OPT_POLL, OPT_HELP };
+               OPT_INSECURE, OPT_TIMEOUT, OPT_LOGLEVEL, OPT_RETRIES, OPT_POLL, OPT_BUS, OPT_KEYFD, OPT_HELP };
         static const struct option longopts[] = {
                 {"db", required_argument, NULL, OPT_DB},
                 {"url", required_argument, NULL, OPT_URL},
@@ -304,12 +476,16 @@ int main(int argc, char **argv)
                 {"log-level", required_argument, NULL, OPT_LOGLEVEL},
                 {"retries", required_argument, NULL, OPT_RETRIES},
                 {"poll", required_argument, NULL, OPT_POLL},
+                {"bus", required_argument, NULL, OPT_BUS},
+                {"key-fd", required_argument, NULL, OPT_KEYFD},
                 {"help", no_argument, NULL, OPT_HELP},
                 {0},
         };
         syncd_opts o = {.timeout_sec = 30, .retries = 5};
         const char *pwfile = NULL;
         int pwfd = -1;
+        const char *bus_address = NULL;
+        int keyfd = -1;
         int loglevel = LOG_NOTICE;
         int c;
 
@@ -328,6 +504,17 @@ int main(int argc, char **argv)
                                 return EX_USAGE;
                         }
                         pwfd = (int)v;
+                        break;
+                }
+                case OPT_BUS: bus_address = optarg; break;
+                case OPT_KEYFD: {
+                        char *end;
+                        long v = strtol(optarg, &end, 10);
+                        if (*optarg == 0 || *end || v < 3 || v > 65535) {
+                                fprintf(stderr, "acs-syncd: --key-fd needs a file descriptor number (>= 3)\n");
+                                return EX_USAGE;
+                        }
+                        keyfd = (int)v;
                         break;
                 }
                 case OPT_CA: o.ca_file = optarg; break;
@@ -380,9 +567,10 @@ int main(int argc, char **argv)
                 default: usage(stderr); return EX_USAGE;
                 }
         }
-        if (optind != argc || !o.db_path || !o.url || !o.user || (!pwfile == (pwfd < 0))) {
-                fprintf(stderr, "acs-syncd: --db, --url, --user and exactly one of --password-file or "
-                                "--password-fd are required\n");
+        int sources = (pwfile != NULL) + (pwfd >= 0) + (bus_address != NULL);
+        if (optind != argc || !o.db_path || !o.url || !o.user || sources != 1 || (!bus_address != (keyfd < 0))) {
+                fprintf(stderr, "acs-syncd: --db, --url, --user and exactly one of --password-file, "
+                                "--password-fd or --bus (with --key-fd) are required\n");
                 usage(stderr);
                 return EX_USAGE;
         }
@@ -401,7 +589,18 @@ int main(int argc, char **argv)
                 acs_die(EX_SOFTWARE, "libsodium failed to initialise");
 
         int r;
-        if (pwfile) {
+        if (bus_address) {
+                /* the password will be in this process's memory: keep it out of core dumps and ptrace */
+                if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+                        acs_log(LOG_WARNING, "cannot clear the dumpable flag: %m");
+                r = agent_start(bus_address, keyfd);
+                if (r < 0) {
+                        acs_log(LOG_ERR, "cannot join acsd's bus at %s: %s", bus_address,
+                                r == -EBADMSG ? "bad key handover" : strerror(-r));
+                        agent_stop();
+                        return r == -EBADMSG || r == -EBADF ? EX_USAGE : EX_UNAVAILABLE;
+                }
+        } else if (pwfile) {
                 _cleanup_close_ int fd = open(pwfile, O_RDONLY | O_CLOEXEC | O_NOCTTY);
                 if (fd < 0) {
                         acs_log(LOG_ERR, "cannot open password file %s: %m", pwfile);
@@ -412,7 +611,7 @@ int main(int argc, char **argv)
                 r = read_password(pwfd, &o.password);
                 close(pwfd);
         }
-        if (r < 0) {
+        if (!bus_address && r < 0) {
                 acs_log(LOG_ERR, "cannot read the password: %s", r == -ENODATA ? "empty" : strerror(-r));
                 return r == -EBADF ? EX_USAGE : EX_NOINPUT;
         }
@@ -431,6 +630,7 @@ int main(int argc, char **argv)
         if (r < 0) {
                 acs_log(LOG_ERR, "cannot open the cache: %s", oerr ? oerr : strerror(-r));
                 sodium_free(o.password);
+                agent_stop();
                 return r == -EACCES ? EX_NOPERM : r == -ENOENT ? EX_CANTCREAT : EX_IOERR;
         }
 
@@ -441,13 +641,16 @@ int main(int argc, char **argv)
         if (r < 0) {
                 acs_store_close(store);
                 sodium_free(o.password);
+                agent_stop();
                 return EX_IOERR;
         }
         int status = run(&sd);
         acs_log(LOG_DEBUG, "%.1f ms: disconnected", ms_since_start());
         sd.writer = writer_stop(sd.writer);
         if (syncd_stop)
-                acs_log(LOG_NOTICE, "stopped by signal");
+                acs_log(LOG_NOTICE, agent ? "stopped (signal or acsd's STOP)" : "stopped by signal");
+        agent_status(ACS_AGENT_STATE_STOPPING, 0);
+        agent_stop();
         progress_finish();
         acs_store_close(store);
         acs_log(LOG_DEBUG, "%.1f ms: cache closed", ms_since_start());
