@@ -269,6 +269,37 @@ static int64_t deadline_from_now(void)
         return arg_timeout_ms ? now_ms() + arg_timeout_ms : 0;
 }
 
+static int report_err(const char *what, const acs_proto_reply *r);
+
+/*
+ * acsd closed the connection while we were sending: it may have said why first (ERR
+ * limit for a connection over socket.max_per_uid, sent at accept). Report that line.
+ */
+static int closed_early(struct conn *c)
+{
+        char *space;
+        size_t size;
+        acs_proto_reader_space(c->rd, &space, &size);
+        ssize_t n = recv(c->fd, space, size, MSG_DONTWAIT);
+        if (n > 0) {
+                acs_proto_reader_commit(c->rd, (size_t)n);
+                const char *line;
+                size_t len;
+                acs_proto_reply *r = malloc(sizeof(*r));
+                if (!r)
+                        die_oom();
+                int e = 0;
+                if (acs_proto_reader_next(c->rd, &line, &len) == 1 &&
+                    acs_proto_parse_reply(line, len, r, NULL) == 0 && r->type == ACS_REPLY_ERR)
+                        e = report_err("connect", r);
+                free(r);
+                if (e)
+                        return e;
+        }
+        fputs("acsctl: acsd closed the connection\n", stderr);
+        return EX_PROTOCOL;
+}
+
 /* Writes one whole line. 0 or an exit status. */
 static int conn_send(struct conn *c, const char *line, size_t len)
 {
@@ -280,9 +311,11 @@ static int conn_send(struct conn *c, const char *line, size_t len)
                 ssize_t n = send(c->fd, line, len, MSG_NOSIGNAL | MSG_DONTWAIT);
                 if (n < 0 && (errno == EINTR || errno == EAGAIN))
                         continue;
+                if (n < 0 && (errno == EPIPE || errno == ECONNRESET))
+                        return closed_early(c);
                 if (n < 0) {
                         fprintf(stderr, "acsctl: sending to acsd: %s\n", strerror(errno));
-                        return errno == EPIPE || errno == ECONNRESET ? EX_PROTOCOL : EX_IOERR;
+                        return EX_IOERR;
                 }
                 line += n;
                 len -= (size_t)n;
