@@ -104,7 +104,7 @@ def test_tree_access(seeded, harness_tmp):
         assert u1 != 0 and u2 != 0
         r = _as_uid(u2, u2, 'cat', one)
         assert r.returncode != 0, 'user2\'s agent uid can read user1\'s tree'
-        caches1 = [f for f in _files(a.memory_dir, a.cache_dir) if 'user1' in f]
+        caches1 = a.cache_files('user1')
         assert caches1, _files(a.memory_dir, a.cache_dir)
         for f in caches1:
             r = _as_uid(u2, u2, 'head', '-c', '16', f)

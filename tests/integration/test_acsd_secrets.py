@@ -115,7 +115,8 @@ def test_no_secret_on_bus_argv_environ_db_logs(dv, harness_tmp):
 
         # -- the cache databases (memory and persistent dirs), acsd's files, its log --
         files = list(_files_below(a.cache_dir, a.memory_dir, a.run_dir, a.dir))
-        assert any('user1' in f for f in files), files
+        assert a.cache_files('user1') and set(a.cache_files('user1')) <= set(files), \
+            (a.cache_files('user1'), files)
         for path in files:
             if path.startswith(str(harness_tmp / 'mon')):
                 continue

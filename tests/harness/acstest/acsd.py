@@ -284,6 +284,23 @@ class Acsd:
                     return int(line.split()[1])
         raise ProcessLookupError(pid)
 
+    def cache_files(self, user):
+        """user's cache database files: the --db of its acs-syncd (with -wal/-shm), else
+        files under the cache directories whose path names the user."""
+        out = []
+        for p in self.agents(user)['syncd']:
+            args = procs.cmdline(p).split(' ')
+            for i, arg in enumerate(args):
+                db = args[i + 1] if arg == '--db' and i + 1 < len(args) else (
+                    arg[5:] if arg.startswith('--db=') else None)
+                if db:
+                    out += [db + sfx for sfx in ('', '-wal', '-shm') if os.path.exists(db + sfx)]
+        if not out:
+            for d in (self.memory_dir, self.cache_dir):
+                for r, _, ns in os.walk(d):
+                    out += [os.path.join(r, n) for n in ns if user in os.path.join(r, n)]
+        return sorted(set(out))
+
     def tree(self, user):
         return self.tree_root / user
 
