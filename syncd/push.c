@@ -47,6 +47,34 @@ static int64_t mono_sec(void)
         return ts.tv_sec;
 }
 
+static int64_t mono_ms(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * SQLite makes a commit visible in the -shm index after writing the -wal, and inotify only
+ * sees the -wal write: after an event that shows no op yet, look again every 5 ms for
+ * 100 ms (as acs-fs's watcher does).
+ */
+#define OPS_RECHECK_MS 5
+#define OPS_RECHECK_FOR_MS 100
+
+/* Replays the op log if it has anything; returns 0 or -errno. */
+static int replay_if_pending(syncd *sd, bool *ret_did)
+{
+        bool more = false;
+        int r = syncd_ops_pending(sd, &more);
+        if (r < 0 || !more) {
+                *ret_did = false;
+                return r;
+        }
+        *ret_did = true;
+        return syncd_replay(sd);
+}
+
 #define NOTIFY_SET                                                                                   \
         "NOTIFY SET (selected (MessageNew MessageExpunge FlagChange)) "                              \
         "(personal (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange))"
@@ -72,8 +100,28 @@ int syncd_push_loop(syncd *sd)
                 acs_log(LOG_WARNING, "server has neither IDLE nor NOTIFY; polling every %d s", POLL_OTHERS_SEC);
 
         int64_t last_full = mono_sec();
+        int ops_fd = syncd_ops_watch_fd(sd);
         while (!syncd_stop) {
                 bool idling = false;
+                bool did = false;
+                (void)syncd_ops_watch_drain(sd);
+                r = replay_if_pending(sd, &did);
+                if (r < 0)
+                        return r;
+                if (did) {
+                        /* what the server announced while we replayed was parsed inside those
+                         * responses: one STATUS round picks it up (and the uids we learned
+                         * make our own appends known already) */
+                        if (sd->list_dirty)
+                                r = syncd_sync_list(sd);
+                        if (r == 0)
+                                r = syncd_sync_all(sd, true);
+                        if (r == 0)
+                                r = ensure_inbox(sd);
+                        if (r < 0)
+                                return r;
+                        progress_event("synced", NULL);
+                }
                 if (sd->caps.idle) {
                         r = mailimap_idle(sd->imap);
                         if (r != MAILIMAP_NO_ERROR)
@@ -84,21 +132,39 @@ int syncd_push_loop(syncd *sd)
                 unsigned poll_sec = sd->opts->poll_sec;
                 if (poll_sec && (int)poll_sec < timeout)
                         timeout = (int)poll_sec; /* --poll: a STATUS round also when nothing was pushed */
-                int64_t start = mono_sec();
+                int64_t start = mono_ms();
+                int64_t recheck_until = 0;
                 bool ready = sd->imap->imap_stream->read_buffer_len > 0;
-                while (!ready && !syncd_stop) {
-                        int64_t left = timeout - (mono_sec() - start);
+                bool ops = false;
+                while (!ready && !ops && !syncd_stop) {
+                        int64_t now = mono_ms();
+                        int64_t left = (int64_t)timeout * 1000 - (now - start);
                         if (left <= 0)
                                 break;
-                        struct pollfd p[2] = {
+                        if (recheck_until > now && left > OPS_RECHECK_MS)
+                                left = OPS_RECHECK_MS;
+                        struct pollfd p[3] = {
                                 {.fd = mailimap_idle_get_fd(sd->imap), .events = POLLIN},
                                 {.fd = sd->wake_fd, .events = POLLIN},
+                                {.fd = ops_fd, .events = POLLIN},
                         };
-                        int n = poll(p, 2, (int)(left * 1000));
+                        int n = poll(p, ops_fd >= 0 ? 3 : 2, (int)left);
                         if (n < 0 && errno != EINTR)
                                 return -errno;
                         if (n > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR)))
                                 ready = true;
+                        bool look = recheck_until > mono_ms();
+                        if (n > 0 && ops_fd >= 0 && (p[2].revents & POLLIN) && syncd_ops_watch_drain(sd)) {
+                                look = true;
+                                recheck_until = mono_ms() + OPS_RECHECK_FOR_MS;
+                        }
+                        if (look) {
+                                r = syncd_ops_pending(sd, &ops);
+                                if (r < 0)
+                                        return r;
+                                if (ops)
+                                        recheck_until = 0;
+                        }
                 }
                 if (idling) {
                         r = mailimap_idle_done(sd->imap);
@@ -107,6 +173,11 @@ int syncd_push_loop(syncd *sd)
                 }
                 if (syncd_stop)
                         break;
+                if (ops && !ready) {
+                        /* local changes: replay at once (top of the loop), then IDLE again */
+                        progress_event("local_changes", NULL);
+                        continue;
+                }
                 struct mailimap_response_info *ri = sd->imap->imap_response_info;
                 if (ri && ri->rsp_mailbox_list && clist_count(ri->rsp_mailbox_list) > 0)
                         sd->list_dirty = true;

@@ -131,8 +131,7 @@ int syncd_wrap_eof(mailimap *imap)
         return 0;
 }
 
-/* "name" with \ and " escaped; NULL when the name cannot be sent as a quoted string. */
-static char *imap_quote(const char *s)
+char *syncd_quote(const char *s)
 {
         size_t n = strlen(s);
         char *q = malloc(2 * n + 3), *p = q;
@@ -564,22 +563,175 @@ static localmsg *local_find(locallist *l, uint32_t uid)
         return l->n ? bsearch(&key, l->v, l->n, sizeof(*l->v), cmp_local) : NULL;
 }
 
-/* Applies the server's flags to a cached message; moves it new/ -> cur/ when it became \Seen. */
-static int apply_flags(acs_store *st, localmsg *lm, const srvmsg *sm)
+/* ---- the op log as the read direction sees it (merge rules, docs/sync-semantics.md) ---- */
+
+typedef struct pendop {
+        int kind;
+        int64_t seq, mailbox_id, message_id, target_mailbox_id;
+        uint32_t uid;
+        unsigned flags_add, flags_del;
+        char *keywords_add, *keywords_del, *name, *new_name;
+} pendop;
+
+typedef struct pending {
+        pendop *v;
+        size_t n, cap;
+} pending;
+
+static void pending_free(pending *p)
+{
+        for (size_t i = 0; i < p->n; i++) {
+                free(p->v[i].keywords_add);
+                free(p->v[i].keywords_del);
+                free(p->v[i].name);
+                free(p->v[i].new_name);
+        }
+        free(p->v);
+        *p = (pending){0};
+}
+
+/* Every op still in the log, in seq order (read inside the caller's transaction when it matters). */
+static int pending_load(acs_store *st, pending *ret)
+{
+        pending p = {0};
+        int64_t after = 0;
+        for (;;) {
+                acs_op op = {0};
+                int r = acs_store_op_next(st, after, &op);
+                if (r == -ENOENT)
+                        break;
+                if (r < 0) {
+                        pending_free(&p);
+                        return r;
+                }
+                after = op.seq;
+                if (ACS_GROW(p.v, p.cap, p.n, 16) < 0) {
+                        acs_op_clear(&op);
+                        pending_free(&p);
+                        return -ENOMEM;
+                }
+                p.v[p.n++] = (pendop){.kind = op.kind, .seq = op.seq, .mailbox_id = op.mailbox_id,
+                                      .message_id = op.message_id, .target_mailbox_id = op.target_mailbox_id,
+                                      .uid = op.uid, .flags_add = op.flags_add, .flags_del = op.flags_del,
+                                      .keywords_add = TAKE_PTR(op.keywords_add),
+                                      .keywords_del = TAKE_PTR(op.keywords_del),
+                                      .name = TAKE_PTR(op.name), .new_name = TAKE_PTR(op.new_name)};
+                acs_op_clear(&op);
+        }
+        *ret = p;
+        return 0;
+}
+
+/* Whether a pending EXPUNGE or MOVE removes (mailbox, uid): the server copy must not come back. */
+static bool pending_removes(const pending *p, int64_t mailbox_id, uint32_t uid)
+{
+        for (size_t i = 0; p && i < p->n; i++)
+                if ((p->v[i].kind == ACS_OP_EXPUNGE || p->v[i].kind == ACS_OP_MOVE) &&
+                    p->v[i].mailbox_id == mailbox_id && p->v[i].uid == uid && uid)
+                        return true;
+        return false;
+}
+
+/* Keyword set operations on sorted, space-separated strings. */
+static bool kw_has(const char *list, const char *k, size_t l)
+{
+        for (const char *p = list; p && *p;) {
+                const char *e = strchr(p, ' ');
+                size_t n = e ? (size_t)(e - p) : strlen(p);
+                if (n == l && memcmp(p, k, l) == 0)
+                        return true;
+                p = e ? e + 1 : p + n;
+        }
+        return false;
+}
+
+/* (cur ∪ add) \ del, sorted bytewise, malloc'd. */
+static char *kw_apply(const char *cur, const char *add, const char *del)
+{
+        const char *srcs[2] = {cur, add};
+        const char *words[512];
+        size_t lens[512], n = 0, total = 1;
+        for (size_t s = 0; s < 2; s++) {
+                for (const char *p = srcs[s]; p && *p;) {
+                        const char *e = strchr(p, ' ');
+                        size_t l = e ? (size_t)(e - p) : strlen(p);
+                        bool dup = false;
+                        for (size_t i = 0; i < n && !dup; i++)
+                                dup = lens[i] == l && memcmp(words[i], p, l) == 0;
+                        if (l && !dup && !kw_has(del, p, l) && n < ACS_ARRAY_SIZE(words)) {
+                                words[n] = p;
+                                lens[n++] = l;
+                                total += l + 1;
+                        }
+                        p = e ? e + 1 : p + l;
+                }
+        }
+        /* insertion sort: few keywords */
+        for (size_t i = 1; i < n; i++) {
+                for (size_t j = i; j > 0; j--) {
+                        size_t m = lens[j - 1] < lens[j] ? lens[j - 1] : lens[j];
+                        int c = memcmp(words[j - 1], words[j], m);
+                        if (c < 0 || (c == 0 && lens[j - 1] <= lens[j]))
+                                break;
+                        const char *tw = words[j];
+                        size_t tl = lens[j];
+                        words[j] = words[j - 1];
+                        lens[j] = lens[j - 1];
+                        words[j - 1] = tw;
+                        lens[j - 1] = tl;
+                }
+        }
+        char *out = malloc(total), *o = out;
+        if (!out)
+                return NULL;
+        for (size_t i = 0; i < n; i++) {
+                if (o != out)
+                        *o++ = ' ';
+                memcpy(o, words[i], lens[i]);
+                o += lens[i];
+        }
+        *o = 0;
+        return out;
+}
+
+/*
+ * Applies the server's flags to a cached message, then re-applies the deltas of the local
+ * flag changes still waiting in the op log (so the tree keeps showing them); moves it
+ * new/ -> cur/ when it became \Seen.
+ */
+static int apply_flags(acs_store *st, const pending *pend, localmsg *lm, const srvmsg *sm)
 {
         if (!sm->have_flags)
                 return 0;
-        const char *kw = sm->keywords ? sm->keywords : "";
+        unsigned flags = sm->flags;
+        _cleanup_free_ char *kw = strdup(sm->keywords ? sm->keywords : "");
+        if (!kw)
+                return -ENOMEM;
+        for (size_t i = 0; pend && i < pend->n; i++) {
+                const pendop *o = &pend->v[i];
+                if (o->message_id != lm->id || o->kind != ACS_OP_FLAGS)
+                        continue;
+                flags = (flags & ~o->flags_del) | o->flags_add;
+                if ((o->keywords_add && *o->keywords_add) || (o->keywords_del && *o->keywords_del)) {
+                        char *nk = kw_apply(kw, o->keywords_add, o->keywords_del);
+                        if (!nk)
+                                return -ENOMEM;
+                        free(kw);
+                        kw = nk;
+                }
+        }
         int r;
-        if (lm->flags != sm->flags || strcmp(lm->keywords, kw) != 0) {
-                r = acs_store_message_set_flags(st, lm->id, sm->flags, kw, sm->modseq);
+        if (lm->flags != flags || strcmp(lm->keywords, kw) != 0) {
+                r = acs_store_message_set_flags(st, lm->id, flags, kw, sm->modseq);
+                if (r == -ENOENT)
+                        return 0; /* removed locally meanwhile: its op decides */
                 if (r < 0)
                         return r;
                 syncd_note_keywords(st, kw);
         }
-        if ((lm->state & ACS_MSG_NEW) && (sm->flags & ACS_FLAG_SEEN)) {
+        if ((lm->state & ACS_MSG_NEW) && (flags & ACS_FLAG_SEEN)) {
                 r = acs_store_message_set_state(st, lm->id, lm->state & ~ACS_MSG_NEW);
-                if (r < 0)
+                if (r < 0 && r != -ENOENT)
                         return r;
         }
         return 0;
@@ -595,7 +747,15 @@ typedef struct mbsync {
         uint64_t highestmodseq;
         locallist local;
         srvlist missing;      /* messages to download */
+        pending pend;         /* the op log, read inside the transaction that applies flags */
 } mbsync;
+
+/* (Re)reads the op log into ms->pend; call right after acs_store_begin(). */
+static int pend_reload(mbsync *ms)
+{
+        pending_free(&ms->pend);
+        return pending_load(ms->sd->store, &ms->pend);
+}
 
 static int select_plain(mbsync *ms, uint64_t *ret_modseq)
 {
@@ -622,6 +782,43 @@ static void selection(mbsync *ms)
         ms->exists = si ? si->sel_exists : 0;
 }
 
+int syncd_forget_incarnation(syncd *sd, int64_t mailbox_id, uint32_t uidvalidity)
+{
+        acs_store *st = sd->store;
+        locallist l = {0};
+        pending p = {0};
+        int r = local_load(st, mailbox_id, &l);
+        for (size_t i = 0; r == 0 && i < l.n; i++) {
+                r = acs_store_message_delete(st, l.v[i].id);
+                if (r == -ENOENT)
+                        r = 0;
+        }
+        /*
+         * Ops that name a uid of the old UIDVALIDITY: a flag change or expunge is dropped (a
+         * uid of another UIDVALIDITY must never reach the server: it could name another
+         * message); a move keeps its body and is re-appended into its target by replay.
+         */
+        if (r == 0)
+                r = pending_load(st, &p);
+        for (size_t i = 0; r == 0 && i < p.n; i++) {
+                const pendop *o = &p.v[i];
+                if (o->mailbox_id != mailbox_id || o->uid == 0)
+                        continue;
+                if (o->kind == ACS_OP_FLAGS || o->kind == ACS_OP_EXPUNGE) {
+                        acs_log(LOG_WARNING, "op %" PRId64 " on uid %" PRIu32 " dropped: UIDVALIDITY changed",
+                                o->seq, o->uid);
+                        r = acs_store_op_done(st, o->seq);
+                } else if (o->kind == ACS_OP_MOVE) {
+                        r = syncd_replay_mark_stale(sd, o->seq);
+                }
+        }
+        if (r == 0)
+                r = acs_store_mailbox_set_state(st, mailbox_id, uidvalidity, 0, 0);
+        pending_free(&p);
+        locallist_free(&l);
+        return r;
+}
+
 /* Drops every cached row of the mailbox that came from the server (UIDVALIDITY changed). */
 static int rebuild_mailbox(mbsync *ms)
 {
@@ -629,23 +826,15 @@ static int rebuild_mailbox(mbsync *ms)
         int r = acs_store_begin(st, false);
         if (r < 0)
                 return r;
-        for (size_t i = 0; i < ms->local.n; i++) {
-                r = acs_store_message_delete(st, ms->local.v[i].id);
-                if (r < 0 && r != -ENOENT)
-                        goto fail;
+        r = syncd_forget_incarnation(ms->sd, ms->mb.id, ms->uidvalidity);
+        if (r == 0)
+                r = acs_store_commit(st);
+        if (r < 0) {
+                acs_store_rollback(st);
+                return r;
         }
-        /* Ops in the op log keep their own copy of what they need (body, uid); they stay. */
-        r = acs_store_mailbox_set_state(st, ms->mb.id, ms->uidvalidity, 0, 0);
-        if (r < 0)
-                goto fail;
-        r = acs_store_commit(st);
-        if (r < 0)
-                goto fail;
         locallist_free(&ms->local);
         return 0;
-fail:
-        acs_store_rollback(st);
-        return r;
 }
 
 static int cmp_uid_desc(const void *a, const void *b)
@@ -794,6 +983,9 @@ static int scan_full(mbsync *ms)
         r = acs_store_begin(st, false);
         if (r < 0)
                 goto out;
+        r = pend_reload(ms);
+        if (r < 0)
+                goto fail;
         uint32_t *keep = malloc((all.n ? all.n : 1) * sizeof(*keep));
         if (!keep) {
                 r = -ENOMEM;
@@ -808,10 +1000,10 @@ static int scan_full(mbsync *ms)
         for (size_t i = 0; i < all.n; i++) {
                 localmsg *lm = local_find(&ms->local, all.v[i].uid);
                 if (lm) {
-                        r = apply_flags(st, lm, &all.v[i]);
+                        r = apply_flags(st, &ms->pend, lm, &all.v[i]);
                         if (r < 0)
                                 goto fail;
-                } else {
+                } else if (!pending_removes(&ms->pend, ms->mb.id, all.v[i].uid)) {
                         r = srvlist_push(&ms->missing, &all.v[i]);
                         if (r < 0)
                                 goto fail;
@@ -858,13 +1050,17 @@ static int scan_new(mbsync *ms, uint32_t from)
         int r = uid_fetch_stream(sd, set, ft, 0, &fc);
         mailimap_set_free(set);
         mailimap_fetch_type_free(ft);
+        pending pend = {0};
+        if (r == 0)
+                r = pending_load(sd->store, &pend);
         for (size_t i = 0; r == 0 && i < nl.n; i++) {
-                if (local_find(&ms->local, nl.v[i].uid))
+                if (local_find(&ms->local, nl.v[i].uid) || pending_removes(&pend, ms->mb.id, nl.v[i].uid))
                         continue;
                 r = srvlist_push(&ms->missing, &nl.v[i]);
                 if (r == 0)
                         nl.v[i].keywords = NULL;
         }
+        pending_free(&pend);
         srvlist_free(&nl);
         return r;
 }
@@ -877,7 +1073,7 @@ static int apply_changes(mbsync *ms, srvlist *changed)
                 localmsg *lm = local_find(&ms->local, changed->v[i].uid);
                 if (!lm)
                         continue; /* new: scan_new fetches it with its size */
-                int r = apply_flags(st, lm, &changed->v[i]);
+                int r = apply_flags(st, &ms->pend, lm, &changed->v[i]);
                 if (r < 0)
                         return r;
         }
@@ -948,7 +1144,7 @@ static int sync_qresync(mbsync *ms, bool *ret_uidvalidity_changed)
          */
         int r;
         {
-                _cleanup_free_ char *q = imap_quote(ms->srvname);
+                _cleanup_free_ char *q = syncd_quote(ms->srvname);
                 char *cmd = NULL;
                 if (!q || asprintf(&cmd, "SELECT %s (QRESYNC (%" PRIu32 " %" PRIu64 "))", q,
                                    ms->mb.uidvalidity, ms->mb.highestmodseq) < 0)
@@ -1000,6 +1196,9 @@ static int sync_qresync(mbsync *ms, bool *ret_uidvalidity_changed)
         r = acs_store_begin(st, false);
         if (r < 0)
                 goto out;
+        r = pend_reload(ms);
+        if (r < 0)
+                goto fail;
         /* Ranges may be huge ("1:4294967295"); walk what we have instead of what they span. */
         for (size_t i = 0; i < ms->local.n && ngone; i++) {
                 uint32_t uid = ms->local.v[i].uid;
@@ -1098,6 +1297,9 @@ static int sync_condstore(mbsync *ms)
         r = acs_store_begin(st, false);
         if (r < 0)
                 goto out;
+        r = pend_reload(ms);
+        if (r < 0)
+                goto fail;
         if (check_expunge) {
                 r = expunge_absent(ms, keep, nkeep, ms->mb.uidnext);
                 if (r < 0)
@@ -1204,6 +1406,7 @@ static int sync_one(syncd *sd, acs_mailbox *mb, const char *srvname)
 out:
         locallist_free(&ms.local);
         srvlist_free(&ms.missing);
+        pending_free(&ms.pend);
         return r;
 }
 
@@ -1409,7 +1612,7 @@ static int status_many(syncd *sd, char *const *names, size_t n, status *ret, uns
                 size_t cn = n - c0 < STATUS_CHUNK ? n - c0 : STATUS_CHUNK;
                 int base = imap->imap_tag;
                 for (size_t k = 0; k < cn; k++) {
-                        _cleanup_free_ char *q = imap_quote(names[c0 + k]);
+                        _cleanup_free_ char *q = syncd_quote(names[c0 + k]);
                         char *cmd = NULL;
                         if (!q || asprintf(&cmd, "STATUS %s (UIDVALIDITY UIDNEXT MESSAGES%s)\r\n", q,
                                            sd->caps.condstore ? " HIGHESTMODSEQ" : "") < 0)
@@ -1515,13 +1718,77 @@ static void storedlist_free(storedlist *l)
         *l = (storedlist){0};
 }
 
+/* Whether name is base or below it (base + delimiter + ...). */
+static bool name_at_or_below(const char *name, const char *base, char delim)
+{
+        size_t l = strlen(base);
+        if (strncmp(name, base, l) != 0)
+                return false;
+        return name[l] == 0 || (delim && name[l] == delim);
+}
+
+/*
+ * A cached mailbox the list sync must keep although the server does not list it: a local
+ * CREATE or RENAME waiting in the op log, or ops that append or move mail into it (the
+ * server deleted it meanwhile; replay creates it again).
+ */
+static bool pending_keeps(const pending *p, const storedbox *b, bool *ret_local_only)
+{
+        bool keep = false, local_only = false;
+        for (size_t i = 0; i < p->n; i++) {
+                const pendop *o = &p->v[i];
+                if ((o->kind == ACS_OP_CREATE && o->name && strcmp(o->name, b->name) == 0) ||
+                    (o->kind == ACS_OP_RENAME && o->new_name && name_at_or_below(b->name, o->new_name, b->delim))) {
+                        keep = local_only = true;
+                } else if ((o->kind == ACS_OP_APPEND && o->mailbox_id == b->id) ||
+                           (o->kind == ACS_OP_MOVE && o->target_mailbox_id == b->id)) {
+                        keep = true;
+                }
+        }
+        *ret_local_only = local_only;
+        return keep;
+}
+
+/* A server mailbox the list sync must not add: a local DELETE or RENAME of it is waiting. */
+static bool pending_hides(const pending *p, const char *name, char delim)
+{
+        for (size_t i = 0; i < p->n; i++) {
+                const pendop *o = &p->v[i];
+                if ((o->kind == ACS_OP_DELETE && o->name && strcmp(o->name, name) == 0) ||
+                    (o->kind == ACS_OP_RENAME && o->name && name_at_or_below(name, o->name, delim)))
+                        return true;
+        }
+        return false;
+}
+
+/* Deletes the rows of a mailbox that came from the server (uid set); local ones stay. */
+static int drop_server_rows(acs_store *st, int64_t mailbox_id)
+{
+        locallist l = {0};
+        int r = local_load(st, mailbox_id, &l);
+        for (size_t i = 0; r == 0 && i < l.n; i++) {
+                r = acs_store_message_delete(st, l.v[i].id);
+                if (r == -ENOENT)
+                        r = 0;
+        }
+        locallist_free(&l);
+        if (r == 0)
+                r = acs_store_mailbox_set_state(st, mailbox_id, 0, 0, 0);
+        return r;
+}
+
 int syncd_sync_list(syncd *sd)
 {
         boxlist srv = {0};
         storedlist loc = {0};
+        pending pend = {0};
         acs_store *st = sd->store;
         int r;
 
+        /* local changes first: the list then already shows them */
+        r = syncd_replay(sd);
+        if (r < 0)
+                return r;
         r = read_list(sd, false, &srv);
         if (r == 0)
                 r = read_list(sd, true, &srv);
@@ -1555,9 +1822,25 @@ int syncd_sync_list(syncd *sd)
         r = acs_store_begin(st, false);
         if (r < 0)
                 goto out;
+        r = pending_load(st, &pend);
+        if (r < 0)
+                goto fail;
         for (size_t i = 0; i < loc.n; i++) {
                 if (boxlist_find(&srv, loc.v[i].name))
                         continue;
+                bool local_only = false;
+                if (pending_keeps(&pend, &loc.v[i], &local_only)) {
+                        if (!local_only && loc.v[i].uidvalidity) {
+                                /* deleted on the server while local mail waits to go into it:
+                                 * the server's messages went with it, the folder comes back */
+                                acs_log_mb(LOG_NOTICE, loc.v[i].name, "deleted on the server; kept for "
+                                           "the local changes waiting to go into it");
+                                r = drop_server_rows(st, loc.v[i].id);
+                                if (r < 0)
+                                        goto fail;
+                        }
+                        continue;
+                }
                 srvbox *to = NULL;
                 for (size_t j = 0; j < srv.n && loc.v[i].uidvalidity; j++) {
                         if (srv.v[j].uidvalidity != loc.v[i].uidvalidity)
@@ -1597,6 +1880,11 @@ int syncd_sync_list(syncd *sd)
                                loc.v[i].attrs == srv.v[j].attrs;
                 if (same)
                         continue; /* nothing to write: a no-change sync leaves the file alone */
+                bool cached = false;
+                for (size_t i = 0; i < loc.n && !cached; i++)
+                        cached = strcmp(loc.v[i].name, srv.v[j].name) == 0;
+                if (!cached && pending_hides(&pend, srv.v[j].name, srv.v[j].delim))
+                        continue; /* deleted or renamed locally; replay tells the server */
                 acs_mailbox mb = {.name = srv.v[j].name, .delim = srv.v[j].delim, .attrs = srv.v[j].attrs};
                 r = acs_store_mailbox_put(st, &mb);
                 if (r < 0)
@@ -1612,6 +1900,7 @@ fail:
 out:
         boxlist_free(&srv);
         storedlist_free(&loc);
+        pending_free(&pend);
         return r;
 }
 
@@ -1757,6 +2046,15 @@ int syncd_sync_all(syncd *sd, bool quick)
                         sd->list_dirty = true;
                         r = 0;
                 }
+        }
+        /* local changes made while we synced; --once exits only with an empty op log */
+        for (unsigned round = 0; r == 0 && round < 100; round++) {
+                bool more = false;
+                r = syncd_replay(sd);
+                if (r == 0)
+                        r = syncd_ops_pending(sd, &more);
+                if (!more)
+                        break;
         }
 out:
         for (size_t i = 0; srv && i < l.n; i++)

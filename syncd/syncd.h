@@ -77,6 +77,9 @@ typedef struct syncd {
         bool unsolicited;       /* untagged news (NOTIFY STATUS, EXISTS, ...) seen outside IDLE */
         uint64_t synced_mailboxes; /* mailboxes that needed a sync (not skipped by STATUS) */
         int wake_fd;            /* read end of the signal self-pipe */
+        /* replay.c: inotify on the database directory (new ops from acs-fs); opened lazily */
+        bool ops_watch_open;
+        int ops_watch_fd;       /* -1 when inotify is unavailable */
         /* statistics for the progress output */
         uint64_t total_msgs, total_bytes;
 } syncd;
@@ -94,6 +97,9 @@ int syncd_etpan_error(int r);
  */
 int syncd_raw_command(syncd *sd, const char *command);
 
+/* "name" with \ and " escaped, malloc'd; NULL on ENOMEM or when s holds CR/LF. */
+char *syncd_quote(const char *s);
+
 /* Puts a layer under imap's stream that makes end of stream an error (libetpan 1.9.4 would spin). */
 int syncd_wrap_eof(mailimap *imap);
 
@@ -108,8 +114,32 @@ int syncd_sync_list(syncd *sd);
  * the stored state are skipped without SELECT. Returns 0 or -errno.
  */
 int syncd_sync_all(syncd *sd, bool quick);
+/*
+ * The mailbox has a new UIDVALIDITY (seen by a sync, or in APPENDUID/COPYUID): deletes its
+ * rows that came from the server (local ones waiting for a uid stay), drops the flag and
+ * expunge ops that name old uids, marks moves from it for re-append, and records
+ * uidvalidity with UIDNEXT 0 (a full scan follows). Runs inside the caller's transaction.
+ */
+int syncd_forget_incarnation(syncd *sd, int64_t mailbox_id, uint32_t uidvalidity);
 /* Brings one mailbox (server name, mUTF-7) up to date. */
 int syncd_sync_mailbox(syncd *sd, const char *server_name);
+
+/* ---- replay.c: the op log to the server (docs/sync.md, docs/sync-semantics.md) ---- */
+/*
+ * Replays every op of the log in seq order over the connection; each op is removed (with
+ * the uid it taught us) in one transaction after the server confirmed it. Returns 0 when
+ * the log is empty, -errno on connection or store errors (the op stays for the next pass).
+ */
+int syncd_replay(syncd *sd);
+/* Whether the op log has anything (a cheap read). */
+int syncd_ops_pending(syncd *sd, bool *ret);
+/* Records (inside the caller's transaction) that MOVE op seq refers to a stale uid. */
+int syncd_replay_mark_stale(syncd *sd, int64_t seq);
+/* inotify fd watching the database directory, or -1; opened on first use. */
+int syncd_ops_watch_fd(syncd *sd);
+/* Reads pending events; true when the database (or its -wal/-shm) changed. */
+bool syncd_ops_watch_drain(syncd *sd);
+void syncd_ops_watch_close(syncd *sd);
 
 /* ---- push.c ---- */
 /*
