@@ -253,3 +253,23 @@ def test_usage_and_unavailable(harness_tmp):
     r = acsctl(harness_tmp / 's', 'resume', 'not-a-token')
     fake.close()
     assert r.returncode == 64
+
+
+def test_watch_events_until_closed(sockpath):
+    fake = FakeAcsd(sockpath, [HELLO, (f'RESUME {TOKEN}'.encode(), [
+        b'OK RESUME user=user1 path=/run/acs/user1']), (b'WATCH', [
+            b'OK WATCH', b'EVENT change mailbox=INBOX',
+            b'EVENT sync mailbox=Archive%2F2024 done=1 total=2', b'EVENT closed'])])
+    r = acsctl(sockpath, 'watch', TOKEN)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().splitlines() == [
+        'change mailbox=INBOX', 'sync mailbox=Archive/2024 done=1 total=2', 'closed']
+    fake.close()
+    os.unlink(sockpath)
+    fake = FakeAcsd(sockpath, [HELLO, (b'RESUME', [b'OK RESUME user=u path=/p']), (b'WATCH', [
+        b'OK WATCH', b'EVENT state state=offline', b'EVENT closed'])])
+    r = acsctl(sockpath, '--json', 'watch', input=TOKEN.encode() + b'\n')
+    fake.close()
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x) for x in r.stdout.splitlines()] == [
+        {'event': 'state', 'state': 'offline'}, {'event': 'closed'}]
