@@ -310,3 +310,43 @@ def test_daemon_replays_at_once(dovecot, tmp_path):
         assert_cache_equals_server(db, c)
     finally:
         c.logout()
+
+
+def test_folder_ops_already_done_on_server_count_as_done(dovecot, tmp_path):
+    """CREATE answered ALREADYEXISTS and a RENAME an earlier attempt made are done, not failures."""
+    dv = dovecot
+    c = dv.client('user1')
+    assert c.create('Before')[0] == 'OK'
+    c.logout()
+    corpus, db = prepare(dv, tmp_path)
+    localop(db, 'create', 'Both')
+    localop(db, 'rename', 'Before', 'After')
+    c = dv.client('user1')
+    assert c.create('Both')[0] == 'OK'
+    assert c.rename('Before', 'After')[0] == 'OK'  # as if our RENAME had reached the server
+    c.logout()
+    srv, ev, r = converge(dv, db)
+    assert 'Both' in srv and 'After' in srv and 'Before' not in srv
+    assert not [e for e in ev if e.get('event') == 'op_given_up'], r.stderr[-2000:]
+    assert sorted(e.get('kind') for e in ev if e.get('event') == 'op_done') == ['create', 'rename']
+
+
+def test_refused_append_ends_in_recovery_folder(dovecot, tmp_path):
+    """A server that keeps refusing (a folder name it rejects) never blocks the log nor loses mail."""
+    dv = dovecot
+    corpus, db = prepare(dv, tmp_path)
+    long_name = 'X' * 300  # Dovecot: NO [CANNOT] Mailbox name too long
+    localop(db, 'create', long_name)
+    f = tmp_path / 'keep.eml'
+    f.write_bytes(b'Subject: keep me\nMessage-ID: <keep@acs>\n\nprecious\n')
+    localop(db, 'append', long_name, f, 'S', 1700000400)
+    m = cache_state(db)['INBOX'][0]
+    localop(db, 'flags', 'INBOX', m[0], 'F')  # queued behind the refused ones
+    srv, ev, r = converge(dv, db)
+    assert long_name not in srv
+    rec = srv.get('acs-recovery')
+    assert rec and [x[3] for x in rec] == [b'Subject: keep me\r\nMessage-ID: <keep@acs>\r\n\r\nprecious\r\n']
+    assert rec[0][1] == frozenset({'\\Seen'}) and rec[0][2] == 1700000400
+    assert '\\Flagged' in {x[0]: x for x in srv['INBOX']}[m[0]][1]
+    given_up = sorted(e.get('kind') for e in ev if e.get('event') == 'op_given_up')
+    assert given_up == ['append', 'create'], given_up
