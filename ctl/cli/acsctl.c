@@ -695,8 +695,10 @@ static void progress(const acs_proto_reply *r, bool *shown)
         const char *total = acs_proto_reply_get(r, "total", NULL);
         bool tty = isatty(STDERR_FILENO);
         fprintf(stderr, tty ? "\r\033[Ksync: " : "sync: ");
-        if (mb)
+        if (mb && *mb)
                 text_value(stderr, mb, strlen(mb));
+        else
+                fputs("all mailboxes", stderr);
         if (done || total)
                 fprintf(stderr, " %s/%s", done ? done : "?", total ? total : "?");
         for (size_t i = 0; i < r->n_kv; i++) {
