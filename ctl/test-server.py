@@ -69,14 +69,15 @@ class Acsd:
         self.cfg = conf(tmp, **over)
         self.log = open(f"{tmp}/acsd.log", "w")
         env = dict(os.environ, ACSD_FAKE_LOG=f"{tmp}/refs.log")
-        self.p = subprocess.Popen([EXE, "-c", self.cfg, "--foreground", "--log-level", "debug",
+        wrap = os.environ.get("ACSD_WRAPPER", "").split()
+        self.p = subprocess.Popen(wrap + [EXE, "-c", self.cfg, "--foreground", "--log-level", "debug",
                                    "--syncd", "/bin/true", "--fs", "/bin/true"],
                                   stderr=self.log, env=env)
         t0 = time.monotonic()
         while not os.path.exists(self.sock):
             if self.p.poll() is not None:
                 raise RuntimeError("acsd-fake exited: " + open(f"{tmp}/acsd.log").read())
-            if time.monotonic() - t0 > 10:
+            if time.monotonic() - t0 > 60:
                 raise RuntimeError("acsd-fake did not create its socket")
             time.sleep(0.01)
 
@@ -493,6 +494,46 @@ def t_shutdown_answers_pending(tmp):
     assert not os.path.exists(a.sock)
 
 
+def t_daemon_mode(tmp):
+    """Without --foreground: the parent exits 0 once the socket answers; SIGHUP is ignored;
+    a second SIGTERM during the stop ends it at once."""
+    cfg = conf(tmp)
+    sock = f"{tmp}/acsd.sock"
+    r = subprocess.run([EXE, "-c", cfg, "--syncd", "/bin/true", "--fs", "/bin/true"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r
+    assert os.path.exists(sock), "socket not there when the parent exited"
+    c = Client(sock)
+    assert c.call("STATUS") == "OK STATUS count=0"
+    pid = None
+    # find the daemon: the process whose cmdline is ours and whose parent is not us
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if cmd[0] == EXE.encode() and cfg.encode() in cmd:
+                pid = int(d)
+    assert pid, "daemon process not found"
+    os.kill(pid, signal.SIGHUP)
+    time.sleep(0.2)
+    assert c.call("STATUS") == "OK STATUS count=0", "SIGHUP is ignored"
+    os.kill(pid, signal.SIGTERM)
+    t0 = time.monotonic()
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() - t0 < 10:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    assert not os.path.exists(sock)
+    # --check
+    r = subprocess.run([EXE, "-c", cfg, "--check"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0 and r.stdout == f"{cfg}: ok\n", r
+    # non-root: refused with EX_NOPERM (77)
+    r = subprocess.run([EXE, "-c", cfg, "--foreground"], capture_output=True, text=True, timeout=10,
+                       preexec_fn=lambda: (os.setgroups([]), os.setgid(NOBODY), os.setuid(NOBODY)))
+    assert r.returncode == 77 and "must run as root" in r.stderr, r
+
+
 def t_config_error(tmp):
     p = f"{tmp}/bad.conf"
     with open(p, "w") as f:
@@ -504,7 +545,7 @@ def t_config_error(tmp):
     assert r.returncode != 0 and "No such file" in r.stderr, r
 
 
-TESTS = [t_config_error, t_protocol_sessions, t_failed_logins, t_caps, t_expiry_and_limits,
+TESTS = [t_config_error, t_daemon_mode, t_protocol_sessions, t_failed_logins, t_caps, t_expiry_and_limits,
          t_shutdown_answers_pending, t_idle_slow_oversized]
 
 
