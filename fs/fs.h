@@ -19,6 +19,7 @@
  *   2<<60 | fnv1a64(path) & 2^60-1   a directory on the path of a mailbox that does not
  *                                    exist itself (fs layout only)
  *   3<<60 | message_id               a message file
+ *   4<<60 | st_ino of the spool file a file in a tmp/ directory (a real file in the spool)
  */
 #define FS_INO_ROOT ((uint64_t)1)
 #define FS_INO_TAG_SHIFT 60
@@ -30,6 +31,7 @@ enum fs_ino_tag {
         FS_TAG_MAILBOX = 1,
         FS_TAG_DIR = 2,
         FS_TAG_MESSAGE = 3,
+        FS_TAG_SPOOL = 4,
 };
 
 enum fs_mbox_sub {
@@ -47,6 +49,11 @@ static inline uint64_t fs_ino_mailbox(int64_t mailbox_id, enum fs_mbox_sub sub)
 static inline uint64_t fs_ino_message(int64_t message_id)
 {
         return (UINT64_C(3) << FS_INO_TAG_SHIFT) | (uint64_t)message_id;
+}
+
+static inline uint64_t fs_ino_spool(uint64_t real_ino)
+{
+        return (UINT64_C(4) << FS_INO_TAG_SHIFT) | (real_ino & ((UINT64_C(1) << FS_INO_TAG_SHIFT) - 1));
 }
 
 /* The inode of a path-only directory (fs layout), from its path relative to the root. */
@@ -101,6 +108,14 @@ typedef struct fs_ctx {
         fs_tree *tree;          /* protected by tree_lock; swapped by the watcher */
         int64_t root_mtime_ns;  /* protected by tree_lock */
 
+        bool read_only;         /* --read-only: every write answers EROFS (issue 4 behaviour) */
+        char *spool_dir;        /* real files of the tmp/ directories: <spool>/<mailbox_id>/<name> */
+        pthread_mutex_t write_lock;
+        acs_store *wstore;      /* the read-write handle; protected by write_lock */
+        pthread_mutex_t spool_lock;
+        struct spool_node *spool; /* inode -> spool file; protected by spool_lock */
+        size_t n_spool, cap_spool;
+
         pthread_key_t store_key; /* per-thread read-only acs_store */
         pthread_mutex_t dirs_lock;
         struct dir_handle *dirs; /* open directory handles; protected by dirs_lock */
@@ -116,6 +131,76 @@ acs_store *fs_thread_store(fs_ctx *ctx, int *ret_err);
 int fs_message_name(acs_store *s, const char *uniq, uint64_t size, uint64_t vsize,
                     unsigned flags, const char *keywords, char **ret);
 
+/* The set of keyword letters (bit i = 'a' + i) of a keyword string. */
+int fs_message_kwbits(acs_store *s, const char *keywords, uint32_t *ret);
+
+/*
+ * The message a file name in cur/ (in_new false) or new/ of a mailbox stands for: its
+ * canonical name, or an alias the kernel may have from a client's rename (same unique
+ * part and flags, S=/W= absent or equal). -ENOENT otherwise. *ret to be cleared by caller.
+ */
+int fs_message_by_name(acs_store *s, int64_t mailbox_id, bool in_new, const char *name,
+                       acs_message *ret);
+
+/*
+ * What an inode is. For directories node is the tree node (for cur/new/tmp the folder's
+ * node); sub says which of folder/cur/new/tmp. Valid while the caller holds tree_lock.
+ */
+typedef struct fs_what {
+        int tag;
+        const fs_node *node;
+        enum fs_mbox_sub sub;
+        int64_t message_id;
+} fs_what;
+
+int fs_what_is(const fs_tree *t, uint64_t ino, fs_what *ret);
+void fs_stat_message(const fs_ctx *ctx, const acs_message *m, struct stat *st);
+int fs_stat_what(acs_store *s, const fs_ctx *ctx, const fs_what *w, struct stat *st);
+void fs_fill_entry(const fs_ctx *ctx, struct fuse_entry_param *e);
+
+/* ---- the write path (fs/write.c) ---- */
+
+/* Creates the spool directory and finishes or undoes appends a crash interrupted. */
+int fs_spool_init(fs_ctx *ctx);
+/* Frees the spool table and closes the write handle (at exit). */
+void fs_write_free(fs_ctx *ctx);
+/* <spool>/<mailbox_id> into buf (PATH_MAX bytes). */
+int fs_spool_mbox_dir(const fs_ctx *ctx, int64_t mailbox_id, char *buf);
+/* Lookup of a name in a tmp/ directory. */
+int fs_spool_lookup(fs_ctx *ctx, int64_t mailbox_id, const char *name, struct fuse_entry_param *ret);
+/* Remembers a spool file's inode (readdirplus hands inodes out too). */
+int fs_spool_remember(fs_ctx *ctx, uint64_t ino, int64_t mailbox_id, const char *name);
+int fs_spool_getattr(fs_ctx *ctx, uint64_t ino, struct stat *ret);
+void fs_spool_fill_entry(struct fuse_entry_param *e);
+/* open/read of a spool file (ops.c dispatches by inode tag). */
+int fs_spool_open(fs_ctx *ctx, uint64_t ino, struct fuse_file_info *fi);
+int fs_spool_read(fs_ctx *ctx, uint64_t ino, size_t size, off_t off, struct fuse_file_info *fi,
+                  char **ret_buf, size_t *ret_len);
+
+void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+                struct fuse_file_info *fi);
+void fs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev);
+void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode);
+void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);
+void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
+void fs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name);
+void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+               const char *newname, unsigned int flags);
+void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname);
+void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+               struct fuse_file_info *fi);
+void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+              struct fuse_file_info *fi);
+void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void fs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
+void fs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
+void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+                 size_t size, int flags);
+void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
+void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                  struct fuse_file_info *fi);
+
 /* Frees directory handles the kernel never released (at exit, after the loop ended). */
 void fs_dirs_free_all(fs_ctx *ctx);
 
@@ -127,6 +212,13 @@ extern const struct fuse_lowlevel_ops fs_ops;
  * On success *ret_old (if non-NULL) gets the previous tree, owned by the caller.
  */
 int fs_ctx_reload_tree(fs_ctx *ctx, acs_store *s, fs_tree **ret_old);
+
+/*
+ * After a folder change made here (write.c replaced the tree): drops the names of old that
+ * vanished or moved and every directory's attributes from the kernel, then frees old.
+ * Call after the reply (the kernel holds the directories locked until then).
+ */
+void fs_tree_replaced(fs_ctx *ctx, fs_tree *old);
 
 /* The change watcher thread (fs/watch.c): inotify on the WAL plus a fallback poll. */
 typedef struct fs_watch fs_watch;

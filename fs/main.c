@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "acs/log.h"
@@ -65,9 +66,14 @@ static void usage(FILE *f)
 {
         fprintf(f,
                 "usage: acs-fs --db PATH [--layout fs|maildir++] [--timeout SECONDS]\n"
-                "              [--open-calls skip|send] [--log-level LEVEL]\n"
-                "              [-o FUSE-OPTIONS] [-f] [-d] [-s] MOUNTPOINT\n"
-                "Mounts the acs cache PATH as a Maildir tree (read-only for now: writes fail with EROFS).\n"
+                "              [--open-calls skip|send] [--read-only] [--spool DIR] [--owner UID:GID]\n"
+                "              [--log-level LEVEL] [-o FUSE-OPTIONS] [-f] [-d] [-s] MOUNTPOINT\n"
+                "Mounts the acs cache PATH as a Maildir tree; what clients change there goes to\n"
+                "the cache's op log (acs-syncd replays it to the server).\n"
+                "  --read-only   every write fails with EROFS (a read-only mount)\n"
+                "  --spool       where files of tmp/ directories live (default PATH.spool)\n"
+                "  --owner       owner and group shown for every file (default: this process's);\n"
+                "                with default_permissions they decide who may read and write\n"
                 "  --layout      fs (INBOX/, Archive/2024/; default) or maildir++ (.Archive.2024/)\n"
                 "  --timeout     seconds the kernel keeps names and attributes (default 3600;\n"
                 "                changes are invalidated as they are committed)\n"
@@ -84,6 +90,9 @@ int main(int argc, char **argv)
                 { "timeout", required_argument, NULL, 'T' },
                 { "log-level", required_argument, NULL, 'l' },
                 { "open-calls", required_argument, NULL, 'O' },
+                { "read-only", no_argument, NULL, 'R' },
+                { "spool", required_argument, NULL, 'S' },
+                { "owner", required_argument, NULL, 'U' },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -99,8 +108,8 @@ int main(int argc, char **argv)
         struct fuse_loop_config *cfg = NULL;
         acs_store *s = NULL;
         fs_watch *w = NULL;
-        const char *db = NULL;
-        int prio = LOG_INFO, c, ret = 1;
+        const char *db = NULL, *spool = NULL;
+        int prio = LOG_INFO, c, r, ret = 1;
         char *err = NULL;
 
         if (fuse_opt_add_arg(&args, argv[0]) < 0)
@@ -140,6 +149,31 @@ int main(int argc, char **argv)
                                 return 2;
                         }
                         break;
+                case 'R':
+                        ctx.read_only = true;
+                        break;
+                case 'S':
+                        spool = optarg;
+                        break;
+                case 'U': {
+                        unsigned long u, g;
+                        char *end;
+                        errno = 0;
+                        u = strtoul(optarg, &end, 10);
+                        if (errno || end == optarg || *end != ':' || u >= (uid_t)-1) {
+                                fprintf(stderr, "acs-fs: --owner takes UID:GID\n");
+                                return 2;
+                        }
+                        const char *gs = end + 1;
+                        g = strtoul(gs, &end, 10);
+                        if (errno || end == gs || *end || g >= (gid_t)-1) {
+                                fprintf(stderr, "acs-fs: --owner takes UID:GID\n");
+                                return 2;
+                        }
+                        ctx.uid = (uid_t)u;
+                        ctx.gid = (gid_t)g;
+                        break;
+                }
                 case 'l':
                         if (acs_log_parse_level(optarg, &prio) < 0) {
                                 fprintf(stderr, "acs-fs: bad --log-level '%s'\n", optarg);
@@ -176,7 +210,8 @@ int main(int argc, char **argv)
         }
         if (fuse_opt_add_arg(&args, argv[optind]) < 0 ||
             fuse_opt_add_arg(&args, "-o") < 0 ||
-            fuse_opt_add_arg(&args, "ro,default_permissions,fsname=acs,subtype=acs") < 0)
+            fuse_opt_add_arg(&args, ctx.read_only ? "ro,default_permissions,fsname=acs,subtype=acs" :
+                                                    "rw,default_permissions,fsname=acs,subtype=acs") < 0)
                 goto out_args;
 
         acs_log_init("acs-fs", ACS_LOG_AUTO, prio);
@@ -190,8 +225,29 @@ int main(int argc, char **argv)
                 goto out_args;
         }
 
+        if (!ctx.read_only) {
+                if (spool) {
+                        if (mkdir(spool, 0700) < 0 && errno != EEXIST) {
+                                acs_log(LOG_ERR, "spool %s: %m", spool);
+                                goto out_args;
+                        }
+                        ctx.spool_dir = realpath(spool, NULL);
+                } else if (asprintf(&ctx.spool_dir, "%s.spool", ctx.db_path) < 0) {
+                        ctx.spool_dir = NULL;
+                }
+                if (!ctx.spool_dir) {
+                        acs_log(LOG_ERR, "spool %s: %m", spool ? spool : "");
+                        goto out_args;
+                }
+                r = fs_spool_init(&ctx);
+                if (r < 0) {
+                        acs_log(LOG_ERR, "spool %s: %s", ctx.spool_dir, strerror(-r));
+                        goto out_args;
+                }
+        }
+
         /* the journal position first, then the tree: nothing committed in between is missed */
-        int r = acs_store_open(ctx.db_path, ACS_STORE_READONLY, &s, &err);
+        r = acs_store_open(ctx.db_path, ACS_STORE_READONLY, &s, &err);
         if (r < 0) {
                 acs_log(LOG_ERR, "cannot open the cache: %s", err ? err : strerror(-r));
                 free(err);
@@ -208,6 +264,8 @@ int main(int argc, char **argv)
         }
         pthread_rwlock_init(&ctx.tree_lock, NULL);
         pthread_mutex_init(&ctx.dirs_lock, NULL);
+        pthread_mutex_init(&ctx.write_lock, NULL);
+        pthread_mutex_init(&ctx.spool_lock, NULL);
         if (pthread_key_create(&ctx.store_key, store_destroy) != 0)
                 goto out_tree;
 
@@ -226,8 +284,9 @@ int main(int argc, char **argv)
                 acs_log(LOG_ERR, "cannot watch %s for changes: %s", ctx.db_path, strerror(-r));
                 goto out_unmount;
         }
-        acs_log(LOG_INFO, "serving %s at %s (%s layout)", ctx.db_path, opts.mountpoint,
-                ctx.layout == ACS_LAYOUT_FS ? "fs" : "maildir++");
+        acs_log(LOG_INFO, "serving %s at %s (%s layout, %s)", ctx.db_path, opts.mountpoint,
+                ctx.layout == ACS_LAYOUT_FS ? "fs" : "maildir++",
+                ctx.read_only ? "read-only" : "read-write");
 
         if (opts.singlethread) {
                 ret = fuse_session_loop(ctx.se);
@@ -261,10 +320,14 @@ out_key:
         store_destroy(pthread_getspecific(ctx.store_key));
         pthread_key_delete(ctx.store_key);
 out_tree:
+        fs_write_free(&ctx);
+        pthread_mutex_destroy(&ctx.spool_lock);
+        pthread_mutex_destroy(&ctx.write_lock);
         pthread_mutex_destroy(&ctx.dirs_lock);
         pthread_rwlock_destroy(&ctx.tree_lock);
         ctx.tree = fs_tree_free(ctx.tree);
 out_args:
+        free(ctx.spool_dir);
         free(ctx.db_path);
         free(opts.mountpoint);
         fuse_opt_free_args(&args);

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* The FUSE low-level operations of acs-fs: the read path over the cache (writes answer EROFS). */
+/* The FUSE low-level operations of acs-fs: the read path over the cache (writes are in write.c). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -7,6 +7,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <dirent.h>
+#include <limits.h>
 
 #include "acs/maildir.h"
 #include "acs/util.h"
@@ -19,7 +21,7 @@ static inline fs_ctx *req_ctx(fuse_req_t req)
         return fuse_req_userdata(req);
 }
 
-static void stat_message(const fs_ctx *ctx, const acs_message *m, struct stat *st)
+void fs_stat_message(const fs_ctx *ctx, const acs_message *m, struct stat *st)
 {
         *st = (struct stat){
                 .st_ino = fs_ino_message(m->id),
@@ -40,7 +42,7 @@ static void stat_dir(const fs_ctx *ctx, uint64_t ino, unsigned nsubdirs, int64_t
 {
         *st = (struct stat){
                 .st_ino = ino,
-                .st_mode = S_IFDIR | 0555,
+                .st_mode = S_IFDIR | (ctx->read_only ? 0555 : 0755),
                 .st_nlink = 2 + nsubdirs,
                 .st_uid = ctx->uid,
                 .st_gid = ctx->gid,
@@ -77,18 +79,7 @@ static int node_mtime(acs_store *s, const fs_ctx *ctx, const fs_node *n, int64_t
         return 0;
 }
 
-/*
- * What an inode is. For directories node is the tree node (for cur/new/tmp the folder's
- * node); sub says which of folder/cur/new/tmp. Valid while the caller holds tree_lock.
- */
-typedef struct fs_what {
-        int tag;
-        const fs_node *node;
-        enum fs_mbox_sub sub;
-        int64_t message_id;
-} fs_what;
-
-static int what_is(const fs_tree *t, uint64_t ino, fs_what *ret)
+int fs_what_is(const fs_tree *t, uint64_t ino, fs_what *ret)
 {
         fs_what w = { .tag = (int)FS_INO_TAG(ino) };
 
@@ -132,7 +123,7 @@ static uint64_t what_dir_ino(const fs_what *w)
         return w->sub == FS_SUB_FOLDER ? w->node->ino : fs_ino_mailbox(w->node->mailbox_id, w->sub);
 }
 
-static int stat_what(acs_store *s, const fs_ctx *ctx, const fs_what *w, struct stat *st)
+int fs_stat_what(acs_store *s, const fs_ctx *ctx, const fs_what *w, struct stat *st)
 {
         int r;
 
@@ -141,7 +132,7 @@ static int stat_what(acs_store *s, const fs_ctx *ctx, const fs_what *w, struct s
                 r = acs_store_message_get(s, w->message_id, &m);
                 if (r < 0)
                         return r;
-                stat_message(ctx, &m, st);
+                fs_stat_message(ctx, &m, st);
                 acs_message_clear(&m);
                 return 0;
         }
@@ -153,7 +144,7 @@ static int stat_what(acs_store *s, const fs_ctx *ctx, const fs_what *w, struct s
         return 0;
 }
 
-static void fill_entry(const fs_ctx *ctx, struct fuse_entry_param *e)
+void fs_fill_entry(const fs_ctx *ctx, struct fuse_entry_param *e)
 {
         e->ino = e->attr.st_ino;
         e->generation = 0;
@@ -163,34 +154,59 @@ static void fill_entry(const fs_ctx *ctx, struct fuse_entry_param *e)
 
 /* ---- lookup ---- */
 
-static int lookup_message(acs_store *s, const fs_ctx *ctx, int64_t mailbox_id, bool in_new,
-                          const char *name, struct fuse_entry_param *e)
+static bool kwbits_of(acs_store *s, const char *keywords, uint32_t *ret)
+{
+        return fs_message_kwbits(s, keywords, ret) == 0;
+}
+
+int fs_message_by_name(acs_store *s, int64_t mailbox_id, bool in_new, const char *name,
+                       acs_message *ret)
 {
         acs_mdname parsed = { 0 };
         acs_message m = { 0 };
         _cleanup_free_ char *want = NULL;
         const char *why;
+        uint32_t kw;
         int r;
 
         if (acs_mdname_parse(name, &parsed, &why) < 0)
                 return -ENOENT;
         r = acs_store_message_get_by_uniq(s, mailbox_id, parsed.uniq, &m);
-        acs_mdname_clear(&parsed);
         if (r < 0)
-                return r;
+                goto out;
         r = -ENOENT;
         if (!!(m.state & ACS_MSG_NEW) != in_new)
                 goto out;
         if (fs_message_name(s, m.uniq, m.size, m.vsize, m.flags, m.keywords, &want) < 0)
                 goto out;
-        if (strcmp(want, name) != 0)
-                goto out;
-        stat_message(ctx, &m, &e->attr);
-        fill_entry(ctx, e);
+        if (strcmp(want, name) != 0) {
+                /* an alias: what a client renamed the file to (no or equal S=/W=, same flags) */
+                if ((parsed.has_size && parsed.size != m.size) ||
+                    (parsed.has_vsize && parsed.vsize != m.vsize) || parsed.flags != m.flags ||
+                    !kwbits_of(s, m.keywords, &kw) || parsed.keywords != kw)
+                        goto out;
+        }
+        *ret = m;
+        m = (acs_message){ 0 };
         r = 0;
 out:
+        acs_mdname_clear(&parsed);
         acs_message_clear(&m);
         return r;
+}
+
+static int lookup_message(acs_store *s, const fs_ctx *ctx, int64_t mailbox_id, bool in_new,
+                          const char *name, struct fuse_entry_param *e)
+{
+        acs_message m = { 0 };
+        int r = fs_message_by_name(s, mailbox_id, in_new, name, &m);
+
+        if (r < 0)
+                return r;
+        fs_stat_message(ctx, &m, &e->attr);
+        fs_fill_entry(ctx, e);
+        acs_message_clear(&m);
+        return 0;
 }
 
 /* Lookup of a message file in cur/ or new/ (after lookup_dir_do found no directory). */
@@ -202,19 +218,25 @@ static int lookup_do(fuse_req_t req, fuse_ino_t parent, const char *name,
         fs_what w;
         int r;
 
-        if (name[0] == '.')
-                return -ENOENT; /* no dot-files */
         acs_store *s = fs_thread_store(ctx, &r);
         if (!s)
                 return r;
         pthread_rwlock_rdlock(&ctx->tree_lock);
-        r = what_is(ctx->tree, parent, &w);
+        r = fs_what_is(ctx->tree, parent, &w);
         int64_t mid = r == 0 && w.tag != FS_TAG_MESSAGE ? w.node->mailbox_id : 0;
         pthread_rwlock_unlock(&ctx->tree_lock);
         if (r < 0)
                 return r;
         if (w.tag == FS_TAG_MESSAGE)
                 return -ENOTDIR;
+        if (w.sub == FS_SUB_TMP) {
+                r = fs_spool_lookup(ctx, mid, name, &e);
+                if (r == 0)
+                        *ret = e;
+                return r;
+        }
+        if (name[0] == '.')
+                return -ENOENT; /* no dot-files in cur/ and new/ */
         if (w.sub != FS_SUB_CUR && w.sub != FS_SUB_NEW)
                 return -ENOENT;
         r = lookup_message(s, ctx, mid, w.sub == FS_SUB_NEW, name, &e);
@@ -236,7 +258,7 @@ static int lookup_dir_do(fuse_req_t req, fuse_ino_t parent, const char *name,
         if (!s)
                 return r;
         pthread_rwlock_rdlock(&ctx->tree_lock);
-        r = what_is(ctx->tree, parent, &w);
+        r = fs_what_is(ctx->tree, parent, &w);
         if (r < 0)
                 goto out;
         r = -ENOENT;
@@ -255,10 +277,10 @@ static int lookup_dir_do(fuse_req_t req, fuse_ino_t parent, const char *name,
                         goto out;
                 cw = (fs_what){ .tag = FS_TAG_MAILBOX, .node = c, .sub = FS_SUB_FOLDER };
         }
-        r = stat_what(s, ctx, &cw, &e.attr);
+        r = fs_stat_what(s, ctx, &cw, &e.attr);
         if (r < 0)
                 goto out;
-        fill_entry(ctx, &e);
+        fs_fill_entry(ctx, &e);
         *ret = e;
 out:
         pthread_rwlock_unlock(&ctx->tree_lock);
@@ -286,13 +308,15 @@ static int getattr_do(fuse_req_t req, fuse_ino_t ino, struct stat *ret)
         fs_what w;
         int r;
 
+        if (FS_INO_TAG(ino) == FS_TAG_SPOOL)
+                return fs_spool_getattr(ctx, ino, ret);
         acs_store *s = fs_thread_store(ctx, &r);
         if (!s)
                 return r;
         pthread_rwlock_rdlock(&ctx->tree_lock);
-        r = what_is(ctx->tree, ino, &w);
+        r = fs_what_is(ctx->tree, ino, &w);
         if (r == 0)
-                r = stat_what(s, ctx, &w, ret);
+                r = fs_stat_what(s, ctx, &w, ret);
         pthread_rwlock_unlock(&ctx->tree_lock);
         return r;
 }
@@ -305,7 +329,7 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         if (r < 0)
                 fuse_reply_err(req, -r);
         else
-                fuse_reply_attr(req, &st, req_ctx(req)->entry_timeout);
+                fuse_reply_attr(req, &st, FS_INO_TAG(ino) == FS_TAG_SPOOL ? 0 : req_ctx(req)->entry_timeout);
 }
 
 /* ---- directories ---- */
@@ -394,7 +418,7 @@ static int fill_cb(const acs_message *m, void *userdata)
         dir_entry *e = &h->v[h->n++];
         e->name = name;
         e->next_off = (uint64_t)m->id + 2;
-        stat_message(f->ctx, m, &e->st);
+        fs_stat_message(f->ctx, m, &e->st);
         return 0;
 }
 
@@ -430,8 +454,8 @@ static int opendir_do(fuse_req_t req, fuse_ino_t ino, dir_handle **ret)
         int r;
 
         pthread_rwlock_rdlock(&ctx->tree_lock);
-        r = what_is(ctx->tree, ino, &w);
-        if (r == 0 && w.tag == FS_TAG_MESSAGE)
+        r = fs_what_is(ctx->tree, ino, &w);
+        if ((r == 0 && w.tag == FS_TAG_MESSAGE) || FS_INO_TAG(ino) == FS_TAG_SPOOL)
                 r = -ENOTDIR;
         if (r < 0) {
                 pthread_rwlock_unlock(&ctx->tree_lock);
@@ -464,9 +488,10 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
                 return;
         }
         fi->fh = (uint64_t)(uintptr_t)h;
-        /* the kernel may keep listings; the watcher invalidates a directory that changed */
-        fi->cache_readdir = 1;
-        fi->keep_cache = 1;
+        /* the kernel may keep listings; the watcher invalidates a directory that changed
+         * (tmp/ lists real files changed by calls the kernel sees itself: never cached) */
+        fi->cache_readdir = !h->tmp;
+        fi->keep_cache = !h->tmp;
         dir_link(req_ctx(req), h);
         if (fuse_reply_open(req, fi) == -ENOENT)
                 dir_free(req_ctx(req), h); /* interrupted: no releasedir will come */
@@ -496,16 +521,20 @@ static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
  * Appends one entry; returns false when it does not fit. In readdirplus replies the dot
  * entries carry node id 0, so the kernel neither links nor counts a lookup for them.
  */
+enum entry_kind { ENTRY_NORMAL, ENTRY_DOT, ENTRY_SPOOL };
+
 static bool add_entry(fuse_req_t req, const fs_ctx *ctx, bool plus, char *buf, size_t size,
                       size_t *pos, const char *name, const struct stat *st, uint64_t next_off,
-                      bool dot)
+                      int kind)
 {
         size_t need;
 
         if (plus) {
                 struct fuse_entry_param e = { .attr = *st };
-                if (!dot)
-                        fill_entry(ctx, &e);
+                if (kind == ENTRY_NORMAL)
+                        fs_fill_entry(ctx, &e);
+                else if (kind == ENTRY_SPOOL)
+                        fs_spool_fill_entry(&e);
                 need = fuse_add_direntry_plus(req, buf + *pos, size - *pos, name, &e, (off_t)next_off);
         } else {
                 need = fuse_add_direntry(req, buf + *pos, size - *pos, name, st, (off_t)next_off);
@@ -523,13 +552,13 @@ static int readdir_dots(fuse_req_t req, const fs_ctx *ctx, const dir_handle *h, 
 
         if (*off == 0) {
                 st.st_ino = h->ino;
-                if (!add_entry(req, ctx, plus, buf, size, pos, ".", &st, 1, true))
+                if (!add_entry(req, ctx, plus, buf, size, pos, ".", &st, 1, ENTRY_DOT))
                         return 0;
                 *off = 1;
         }
         if (*off == 1) {
                 st.st_ino = h->parent_ino;
-                if (!add_entry(req, ctx, plus, buf, size, pos, "..", &st, 2, true))
+                if (!add_entry(req, ctx, plus, buf, size, pos, "..", &st, 2, ENTRY_DOT))
                         return 0;
                 *off = 2;
         }
@@ -553,7 +582,7 @@ static int readdir_messages(fuse_req_t req, const fs_ctx *ctx, acs_store *s, dir
                         i++;
                 for (; i < h->n; i++) {
                         dir_entry *e = &h->v[i];
-                        if (!add_entry(req, ctx, plus, buf, size, pos, e->name, &e->st, e->next_off, false))
+                        if (!add_entry(req, ctx, plus, buf, size, pos, e->name, &e->st, e->next_off, ENTRY_NORMAL))
                                 return 0;
                         after = (int64_t)e->next_off - 2;
                 }
@@ -574,7 +603,7 @@ static int readdir_folder(fuse_req_t req, fs_ctx *ctx, acs_store *s, dir_handle 
         int r;
 
         pthread_rwlock_rdlock(&ctx->tree_lock);
-        r = what_is(ctx->tree, h->ino, &w);
+        r = fs_what_is(ctx->tree, h->ino, &w);
         if (r < 0)
                 goto out;
         /* entries after the dots: cur, new, tmp (selectable folders), then children; cookie 3 + index */
@@ -585,10 +614,10 @@ static int readdir_folder(fuse_req_t req, fs_ctx *ctx, acs_store *s, dir_handle 
                                 continue;
                         fs_what cw = { .tag = FS_TAG_MAILBOX, .node = w.node, .sub = (enum fs_mbox_sub)(k + 1) };
                         struct stat st;
-                        r = stat_what(s, ctx, &cw, &st);
+                        r = fs_stat_what(s, ctx, &cw, &st);
                         if (r < 0)
                                 goto out;
-                        if (!add_entry(req, ctx, plus, buf, size, pos, subs[k], &st, 3 + idx, false))
+                        if (!add_entry(req, ctx, plus, buf, size, pos, subs[k], &st, 3 + idx, ENTRY_NORMAL))
                                 goto out;
                 }
         }
@@ -597,15 +626,56 @@ static int readdir_folder(fuse_req_t req, fs_ctx *ctx, acs_store *s, dir_handle 
                         continue;
                 fs_what cw = { .tag = FS_TAG_MAILBOX, .node = c, .sub = FS_SUB_FOLDER };
                 struct stat st;
-                r = stat_what(s, ctx, &cw, &st);
+                r = fs_stat_what(s, ctx, &cw, &st);
                 if (r < 0)
                         goto out;
-                if (!add_entry(req, ctx, plus, buf, size, pos, c->name, &st, 3 + idx, false))
+                if (!add_entry(req, ctx, plus, buf, size, pos, c->name, &st, 3 + idx, ENTRY_NORMAL))
                         goto out;
         }
 out:
         pthread_rwlock_unlock(&ctx->tree_lock);
         return r;
+}
+
+/*
+ * tmp/: the real files of the mailbox's spool directory (a handful at most), listed again
+ * on each call; the cookie of the i-th file is 3 + i.
+ */
+static int readdir_tmp(fuse_req_t req, fs_ctx *ctx, dir_handle *h, bool plus, char *buf,
+                       size_t size, size_t *pos, uint64_t off)
+{
+        char path[PATH_MAX];
+        DIR *d;
+        struct dirent *de;
+        uint64_t idx = 0;
+        int r = fs_spool_mbox_dir(ctx, h->mailbox_id, path);
+
+        if (r < 0)
+                return r;
+        d = opendir(path);
+        if (!d)
+                return errno == ENOENT ? 0 : -errno;
+        while ((de = readdir(d))) {
+                struct stat st;
+                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+                        continue;
+                if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+                        continue;
+                if (off > 2 + idx++)
+                        continue;
+                uint64_t ino = fs_ino_spool(st.st_ino);
+                st = (struct stat){ .st_ino = ino, .st_mode = S_IFREG | (st.st_mode & 07777),
+                                    .st_nlink = 1, .st_uid = ctx->uid, .st_gid = ctx->gid,
+                                    .st_size = st.st_size, .st_blksize = st.st_blksize,
+                                    .st_blocks = st.st_blocks, .st_atim = st.st_atim,
+                                    .st_mtim = st.st_mtim, .st_ctim = st.st_ctim };
+                if (plus && fs_spool_remember(ctx, ino, h->mailbox_id, de->d_name) < 0)
+                        break;
+                if (!add_entry(req, ctx, plus, buf, size, pos, de->d_name, &st, 2 + idx, ENTRY_SPOOL))
+                        break;
+        }
+        closedir(d);
+        return 0;
 }
 
 static int readdir_do(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi,
@@ -627,7 +697,9 @@ static int readdir_do(fuse_req_t req, size_t size, off_t off, struct fuse_file_i
         if (readdir_dots(req, ctx, h, plus, buf, size, &pos, &o)) {
                 if (h->messages)
                         r = readdir_messages(req, ctx, s, h, plus, buf, size, &pos, o);
-                else if (!h->tmp)
+                else if (h->tmp)
+                        r = readdir_tmp(req, ctx, h, plus, buf, size, &pos, o);
+                else
                         r = readdir_folder(req, ctx, s, h, plus, buf, size, &pos, o);
                 if (r < 0 && pos == 0)
                         return r;
@@ -669,8 +741,10 @@ static int open_do(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         acs_message m = { 0 };
         int r;
 
+        if (FS_INO_TAG(ino) == FS_TAG_SPOOL)
+                return fs_spool_open(ctx, ino, fi);
         if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
-                return -EROFS;
+                return ctx->read_only ? -EROFS : -EPERM; /* message contents never change */
         if (FS_INO_TAG(ino) != FS_TAG_MESSAGE)
                 return -EISDIR;
         acs_store *s = fs_thread_store(ctx, &r);
@@ -693,11 +767,13 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         int r = open_do(req, ino, fi);
 
         /*
-         * A read-only open that checked out: with FUSE_CAP_NO_OPEN_SUPPORT, ENOSYS tells the
-         * kernel to stop sending opens (and releases) at all; it keeps the page cache, so
-         * warm reads never reach us. Opens for writing never get here on the ro mount.
+         * A read-only open of a message that checked out: with FUSE_CAP_NO_OPEN_SUPPORT,
+         * ENOSYS tells the kernel to stop sending opens (and releases) at all; it keeps the
+         * page cache, so warm reads never reach us. From then on opens of tmp/ files do not
+         * reach us either: their reads, writes and fsyncs come with fh 0 and open the
+         * spool file by inode (write.c). Writable opens of messages then fail at write().
          */
-        if (r == 0 && req_ctx(req)->no_open) {
+        if (r == 0 && req_ctx(req)->no_open && FS_INO_TAG(ino) == FS_TAG_MESSAGE) {
                 fuse_reply_err(req, ENOSYS);
                 return;
         }
@@ -715,6 +791,8 @@ static int read_do(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struc
         size_t n = 0;
         int r;
 
+        if (FS_INO_TAG(ino) == FS_TAG_SPOOL)
+                return fs_spool_read(ctx, ino, size, off, fi, ret_buf, ret_len);
         acs_store *s = fs_thread_store(ctx, &r);
         if (!s)
                 return r;
@@ -752,86 +830,19 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 
 static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
 {
+        fs_ctx *ctx = req_ctx(req);
         struct statvfs sv = {
                 .f_bsize = 4096,
                 .f_frsize = 4096,
                 .f_namemax = 255,
         };
 
+        /* free space is the spool's (and the cache's, next to it): writers look at it */
+        if (!ctx->read_only && ctx->spool_dir && statvfs(ctx->spool_dir, &sv) == 0)
+                sv.f_namemax = 255;
+        if (ctx->read_only)
+                sv.f_flag |= ST_RDONLY;
         fuse_reply_statfs(req, &sv);
-}
-
-/* ---- writes: the next issue; until then EROFS ---- */
-
-static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
-                       struct fuse_file_info *fi)
-{
-        fuse_reply_err(req, EROFS);
-}
-
-static void fs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
-{
-        fuse_reply_err(req, EROFS);
-}
-
-static void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
-{
-        fuse_reply_err(req, EROFS);
-}
-
-static void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
-{
-        fuse_reply_err(req, EROFS);
-}
-
-static void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
-{
-        fuse_reply_err(req, EROFS);
-}
-
-static void fs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
-{
-        fuse_reply_err(req, EROFS);
-}
-
-static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
-                      const char *newname, unsigned int flags)
-{
-        fuse_reply_err(req, EROFS);
-}
-
-static void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
-{
-        fuse_reply_err(req, EROFS);
-}
-
-static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
-                      struct fuse_file_info *fi)
-{
-        fuse_reply_err(req, EROFS);
-}
-
-static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
-                     struct fuse_file_info *fi)
-{
-        fuse_reply_err(req, EROFS);
-}
-
-static void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
-                        size_t size, int flags)
-{
-        fuse_reply_err(req, EROFS);
-}
-
-static void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
-{
-        fuse_reply_err(req, EROFS);
-}
-
-static void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
-                         struct fuse_file_info *fi)
-{
-        fuse_reply_err(req, EROFS);
 }
 
 static void fs_init(void *userdata, struct fuse_conn_info *conn)
@@ -869,4 +880,8 @@ const struct fuse_lowlevel_ops fs_ops = {
         .removexattr = fs_removexattr,
         .create = fs_create,
         .fallocate = fs_fallocate,
+        .flush = fs_flush,
+        .release = fs_release,
+        .fsync = fs_fsync,
+        .fsyncdir = fs_fsyncdir,
 };

@@ -247,8 +247,7 @@ const fs_node *fs_tree_child(const fs_node *parent, const char *name)
         return NULL;
 }
 
-int fs_message_name(acs_store *s, const char *uniq, uint64_t size, uint64_t vsize,
-                    unsigned flags, const char *keywords, char **ret)
+int fs_message_kwbits(acs_store *s, const char *keywords, uint32_t *ret)
 {
         uint32_t kw = 0;
 
@@ -264,5 +263,17 @@ int fs_message_name(acs_store *s, const char *uniq, uint64_t size, uint64_t vsiz
                                 kw |= UINT32_C(1) << idx;
                 }
         }
+        *ret = kw;
+        return 0;
+}
+
+int fs_message_name(acs_store *s, const char *uniq, uint64_t size, uint64_t vsize,
+                    unsigned flags, const char *keywords, char **ret)
+{
+        uint32_t kw = 0;
+        int r = fs_message_kwbits(s, keywords, &kw);
+
+        if (r < 0)
+                return r;
         return acs_mdname_build(uniq, size, vsize, flags & ACS_FLAG_ALL, kw, "", ret);
 }

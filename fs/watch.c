@@ -216,7 +216,7 @@ static int on_change(const acs_change *c, void *userdata)
 }
 
 /* Invalidations for a new folder tree: vanished or moved names, and every directory. */
-static int diff_trees(fs_watch *w, const fs_tree *old, const fs_tree *cur)
+static int diff_trees_into(inval_set *set, const fs_tree *old, const fs_tree *cur)
 {
         int r;
 
@@ -226,21 +226,41 @@ static int diff_trees(fs_watch *w, const fs_tree *old, const fs_tree *cur)
                         const fs_node *n = fs_tree_find(cur, o->ino);
                         if (!n || n->parent_ino != o->parent_ino || strcmp(n->name, o->name) != 0 ||
                             n->selectable != o->selectable) {
-                                r = set_add_name(&w->round, o->parent_ino, o->name);
+                                r = set_add_name(set, o->parent_ino, o->name);
                                 if (r < 0)
                                         return r;
                         }
                 }
-                r = set_add_ino(&w->round, o->ino);
+                r = set_add_ino(set, o->ino);
                 if (r < 0)
                         return r;
         }
         for (size_t i = 0; i < cur->n_nodes; i++) {
-                r = set_add_ino(&w->round, cur->nodes[i].ino);
+                r = set_add_ino(set, cur->nodes[i].ino);
                 if (r < 0)
                         return r;
         }
         return 0;
+}
+
+static int diff_trees(fs_watch *w, const fs_tree *old, const fs_tree *cur)
+{
+        return diff_trees_into(&w->round, old, cur);
+}
+
+void fs_tree_replaced(fs_ctx *ctx, fs_tree *old)
+{
+        inval_set set = { 0 };
+        int r;
+
+        pthread_rwlock_rdlock(&ctx->tree_lock);
+        r = diff_trees_into(&set, old, ctx->tree);
+        pthread_rwlock_unlock(&ctx->tree_lock);
+        if (r < 0)
+                acs_log(LOG_WARNING, "folder change: invalidations incomplete: %s", strerror(-r));
+        set_send(ctx, &set);
+        set_free(&set);
+        fs_tree_free(old);
 }
 
 static int64_t now_ms(void)

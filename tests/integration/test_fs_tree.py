@@ -202,35 +202,45 @@ def test_inodes_and_mtimes_stable_across_remount(env, tmp_path):
     assert len(first) > COUNT
 
 
-def test_erofs_on_every_write(env):
-    """Writes are the next issue: until then every write-ish call fails with EROFS."""
-    inbox = folder_path(env.root, 'INBOX')
-    some = next(iter(folder_files(inbox).values()))[0]
-    tries = {
-        'open for write': lambda: os.open(some, os.O_WRONLY),
-        'open rdwr': lambda: os.open(some, os.O_RDWR),
-        'create in tmp': lambda: os.open(inbox / 'tmp' / 'x', os.O_CREAT | os.O_WRONLY, 0o644),
-        'mkdir': lambda: os.mkdir(env.root / 'NewFolder'),
-        'rmdir': lambda: os.rmdir(inbox / 'tmp'),
-        'unlink': lambda: os.unlink(some),
-        'rename (flag change)': lambda: os.rename(some, str(some) + 'S'),
-        'rename to cur': lambda: os.rename(some, inbox / 'new' / some.name),
-        'link': lambda: os.link(some, inbox / 'tmp' / 'l'),
-        'symlink': lambda: os.symlink('x', inbox / 'tmp' / 's'),
-        'mknod': lambda: os.mknod(inbox / 'tmp' / 'n'),
-        'chmod': lambda: os.chmod(some, 0o600),
-        'truncate': lambda: os.truncate(some, 0),
-        'utime': lambda: os.utime(some, (0, 0)),
-        'setxattr': lambda: os.setxattr(some, 'user.x', b'1'),
-    }
-    for what, fn in tries.items():
-        with pytest.raises(OSError) as ei:
-            fd = fn()
-            if isinstance(fd, int):
-                os.close(fd)
-        assert ei.value.errno == errno.EROFS, f'{what}: {ei.value}'
-    # nothing changed
-    assert some.exists()
+def test_read_only_mount_answers_erofs_on_every_write(env, tmp_path):
+    """--read-only keeps issue 4's behaviour: every write-ish call fails with EROFS
+    (the writable default is tested in test_fs_write.py)."""
+    with Mount(env.db, tmp_path / 'ro', extra=('--read-only',)) as m:
+        root = Path(m.mountpoint)
+        inbox = folder_path(root, 'INBOX')
+        some = next(iter(folder_files(inbox).values()))[0]
+        tries = {
+            'open for write': lambda: os.open(some, os.O_WRONLY),
+            'open rdwr': lambda: os.open(some, os.O_RDWR),
+            'create in tmp': lambda: os.open(inbox / 'tmp' / 'x', os.O_CREAT | os.O_WRONLY, 0o644),
+            'mkdir': lambda: os.mkdir(root / 'NewFolder'),
+            'rmdir': lambda: os.rmdir(inbox / 'tmp'),
+            'unlink': lambda: os.unlink(some),
+            'rename (flag change)': lambda: os.rename(some, str(some) + 'S'),
+            'rename to cur': lambda: os.rename(some, inbox / 'new' / some.name),
+            'link': lambda: os.link(some, inbox / 'tmp' / 'l'),
+            'symlink': lambda: os.symlink('x', inbox / 'tmp' / 's'),
+            'mknod': lambda: os.mknod(inbox / 'tmp' / 'n'),
+            'chmod': lambda: os.chmod(some, 0o600),
+            'truncate': lambda: os.truncate(some, 0),
+            'utime': lambda: os.utime(some, (0, 0)),
+            'setxattr': lambda: os.setxattr(some, 'user.x', b'1'),
+        }
+        for what, fn in tries.items():
+            with pytest.raises(OSError) as ei:
+                fd = fn()
+                if isinstance(fd, int):
+                    os.close(fd)
+            assert ei.value.errno == errno.EROFS, f'{what}: {ei.value}'
+        # nothing changed
+        assert some.exists()
+    assert op_count(env.db) == 0
+
+
+def op_count(db):
+    import sqlite3
+    with sqlite3.connect(f'file:{db}?mode=ro', uri=True, timeout=10) as con:
+        return con.execute('SELECT count(*) FROM op').fetchone()[0]
 
 
 # ---- real clients ----
@@ -357,8 +367,13 @@ def test_dovecot_over_the_tree_serves_the_same_mail(env):
             os.chown(d / sub, uid, gid)
         (d / 'users').write_text(f'{USER}:{{PLAIN}}secret:{uid}:{gid}::{d}/home\n')
         conf = d / 'dovecot.conf'
-        conf.write_text(DOVECOT2_CONF.format(dir=d, port=port, root=env.root,
-                                             inbox=folder_path(env.root, 'INBOX')))
+        # a second mount of the same cache whose files Dovecot's user owns, so Dovecot sees a
+        # writable tree (with the mount owner's 0755 it would treat every mailbox as read-only)
+        mount = Mount(env.db, d / 'tree', extra=('--owner', f'{uid}:{gid}'))
+        root = Path(mount.mountpoint)
+        conf.write_text(DOVECOT2_CONF.format(dir=d, port=port, root=root,
+                                             inbox=folder_path(root, 'INBOX')))
+        in_new_before = sum(len(os.listdir(folder_path(root, f) / 'new')) for f in env.state)
         subprocess.run(['/usr/sbin/dovecot', '-c', str(conf)], check=True, timeout=20)
         try:
             assert wait_for(lambda: paths.port_open(port), 10), 'second Dovecot did not listen'
@@ -379,20 +394,22 @@ def test_dovecot_over_the_tree_serves_the_same_mail(env):
                         got = sorted(part[1] for part in data if isinstance(part, tuple))
                     assert got == want, f'{folder}: bodies differ'
                 errors = [line for line in log_file.read_text(errors='replace').splitlines() if 'Error' in line]
-                if readonly:
-                    assert not errors, '\n'.join(errors[:20])
-                else:
-                    # the tree is read-only in this issue: the only errors allowed are the refused
-                    # new/ -> cur/ renames (EROFS); Dovecot carries on and serves everything
-                    other = [e for e in errors if not ('rename(' in e and 'Read-only file system' in e)]
-                    assert not other, '\n'.join(other[:20])
+                # the tree is writable now: no errors at all. On SELECT Dovecot moves new/ mail
+                # to cur/ (renames without a flag change): state changes, nothing for the server
+                assert not errors, '\n'.join(errors[:20])
+                assert op_count(env.db) == 0
             c.logout()
+            in_new = sum(len(os.listdir(folder_path(root, f) / 'new')) for f in env.state)
+            print(f'Dovecot over the writable tree: {in_new_before} messages in new/ before SELECT, '
+                  f'{in_new} after')
+            assert in_new_before > 0 and in_new < in_new_before  # its renames went through
         finally:
             pidf = d / 'run' / 'master.pid'
             if pidf.exists():
                 pid = int(pidf.read_text())
                 os.kill(pid, signal.SIGTERM)
                 wait_for(lambda: not os.path.exists(f'/proc/{pid}'), 10)
+            mount.stop_clean()
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
