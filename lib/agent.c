@@ -361,6 +361,11 @@ short acs_agent_poll_events(const acs_agent *a)
         return acs_bus_poll_events(a->bus);
 }
 
+bool acs_agent_has_pending(const acs_agent *a)
+{
+        return acs_bus_has_pending(a->bus);
+}
+
 int acs_agent_dispatch(acs_agent *a, unsigned *ret_events)
 {
         int r = acs_bus_dispatch(a->bus);

@@ -449,8 +449,6 @@ int acs_bus_connect(const char *address, acs_bus **ret)
         dbus_connection_set_exit_on_disconnect(b->c, FALSE);
         dbus_connection_set_max_message_size(b->c, ACS_BUS_MESSAGE_MAX * 2);
         dbus_connection_set_max_received_size(b->c, 8L * 1024 * 1024);
-        dbus_connection_set_max_message_unix_fds(b->c, 0);
-        dbus_connection_set_max_received_unix_fds(b->c, 1); /* 0 would stall reading */
         if (!dbus_bus_register(b->c, &e)) {
                 int r = map_error(&e);
                 /* a policy that refuses our uid shows as a dropped connection during Hello */

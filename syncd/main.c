@@ -74,7 +74,10 @@ static void *agent_listen(void *arg)
                         {.fd = acs_agent_fd(agent), .events = POLLIN},
                         {.fd = agent_quit[0], .events = POLLIN},
                 };
-                int n = poll(p, 2, 1000);
+                pthread_mutex_lock(&agent_lock);
+                bool pending = acs_agent_has_pending(agent); /* read by a send of the main thread */
+                pthread_mutex_unlock(&agent_lock);
+                int n = poll(p, 2, pending ? 0 : 1000);
                 if (n < 0 && errno != EINTR)
                         break;
                 if (p[1].revents)

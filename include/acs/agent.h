@@ -120,6 +120,8 @@ const char *acs_agent_last_error(const acs_agent *a);
 /* Pollable descriptor and events; see acs_bus_fd. */
 int acs_agent_fd(const acs_agent *a);
 short acs_agent_poll_events(const acs_agent *a);
+/* True when messages already wait in memory (read during a send): dispatch without polling. */
+bool acs_agent_has_pending(const acs_agent *a);
 
 /*
  * Processes what arrived, without blocking; *ret_events gets ACS_AGENT_EV_* bits of what
