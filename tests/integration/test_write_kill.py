@@ -23,9 +23,12 @@ How it works (docs/testing.md, "Kill at every step"):
    reference (UIDs aside: messages compared by flags, INTERNALDATE and body, as multisets,
    so a loss or a duplicate shows).
 
-The number of kill points x scenarios is printed ("kill-points: ...").
-ACS_KILL_MAX_POINTS=N caps the points per scenario (evenly spread, first and last kept) for
-quick local runs; CI runs all of them.
+Steps: of a run of consecutive identical calls in one thread (the page writes of one WAL
+commit, the invalidations the watcher sends after it) the first and the last call are
+kill points, so every change of call along the path is killed at; ACS_KILL_ALL=1 kills at
+every single call instead (the exhaustive run, ~2.5x longer). The number of kill points x
+scenarios is printed ("kill-points: ..."). ACS_KILL_MAX_POINTS=N caps the points per
+scenario (evenly spread, first and last kept) for quick local runs.
 """
 
 import collections
@@ -56,6 +59,7 @@ FS_SETTLE = 0.3      # seconds after the write returned (acs-fs watcher invalida
 SYNCD_SETTLE = 0.5   # seconds after quiescence (acs-syncd processing its own echo)
 KILL_WAIT = 10.0     # seconds for acs-syncd to reach the kill point or finish the replay
 QUIESCE = 60.0
+SETTLE_BEFORE = 0.3  # seconds between the instance's start and the write
 APPEND_DATE = 1700000000
 APPEND_MID = 'kill-append@acs.test'
 
@@ -121,7 +125,7 @@ class Write:
         self.kind = kind
         self.inst = inst
         self.tmp = None
-        self.prepared = {}
+        self.stage = None
         t = inst.tree
         if kind == 'flags':    # \Seen -> \Flagged: one flag added, one removed
             self.src = _one(inst, 'INBOX', b'<kill-1@')
@@ -161,6 +165,7 @@ class Write:
         tmpdir = self.inst.folder_dir('INBOX') / 'tmp'
         name = f'{APPEND_DATE}.P{os.getpid()}Q{time.monotonic_ns()}.acstest'
         self.tmp = tmpdir / name
+        self.stage = 'write'
         fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(APPEND_BODY)
@@ -171,7 +176,9 @@ class Write:
         finally:
             os.close(fd)
         os.utime(self.tmp, (APPEND_DATE, APPEND_DATE))
+        self.stage = 'rename'
         os.rename(self.tmp, self.dst_dir / (name + ':2,S'))
+        self.stage = 'done'
 
     def probe(self):
         inst = self.inst
@@ -183,6 +190,8 @@ class Write:
             return 'pre' if self.src.exists() else 'post'
         if k == 'append':
             n = len(_find(inst, 'INBOX', APPEND_MID.encode()))
+            if n == 1 and self.stage == 'rename' and self.tmp.exists():
+                return f'the message was appended and its tmp file {self.tmp.name} is still there'
             return {0: 'pre', 1: 'post'}.get(n, f'{n} copies of the appended message')
         if k == 'mkdir':
             return 'post' if (self.dst / 'cur').is_dir() else 'pre'
@@ -194,11 +203,11 @@ class Write:
         raise ValueError(k)
 
     def redo(self):
-        if self.kind == 'append' and self.tmp is not None and self.tmp.exists():
-            # the delivery got as far as the tmp file: rename it (what a deliverer retries)
+        if self.kind == 'append' and self.stage == 'rename' and self.tmp.exists():
+            # the tmp file was complete and only the rename failed: rename it again
             os.rename(self.tmp, self.dst_dir / (self.tmp.name + ':2,S'))
         else:
-            self.do()
+            self.do()   # (an append that failed while writing tmp/ starts over, new name)
 
 
 # ---- strace ----
@@ -247,22 +256,36 @@ _LINE = re.compile(r'^(\d+)\s+(\w+)\(')
 
 
 def count_calls(trace, threads):
-    """{(thread index, call): count} from an `strace -f` output file."""
+    """{thread index: [call, ...] in order} from an `strace -f` output file."""
     index = {t: i for i, t in enumerate(threads)}
-    out = collections.Counter()
+    seqs = collections.defaultdict(list)
     for line in Path(trace).read_text(errors='replace').splitlines():
         m = _LINE.match(line)
         if m and m.group(2) in STEP_CALLS:
             tid = int(m.group(1))
-            out[(index.get(tid, f'new thread {tid}'), m.group(2))] += 1
-    return out
+            seqs[index.get(tid, f'new thread {tid}')].append(m.group(2))
+    return dict(seqs)
 
 
-def kill_points(counts):
-    pts = [(t, call, n) for (t, call), c in sorted(counts.items(), key=lambda kv: str(kv[0]))
-           for n in range(1, c + 1)]
-    bad = [p for p in pts if not isinstance(p[0], int)]
+def kill_points(seqs, every=None):
+    """Kill points (thread index, call, n) of the traced path. every=True: each call; else
+    (ACS_KILL_ALL unset) each step: of a run of consecutive identical calls in a thread
+    (e.g. the page writes of one WAL commit, the invalidations the watcher sends) the
+    first and the last call, so every change of call in the path is a point."""
+    if every is None:
+        every = os.environ.get('ACS_KILL_ALL') == '1'
+    bad = [t for t in seqs if not isinstance(t, int)]
     assert not bad, f'calls in threads created during the write: {bad[:5]} (cannot target them)'
+    pts = set()
+    for t, calls in seqs.items():
+        seen = collections.Counter()
+        for i, call in enumerate(calls):
+            seen[call] += 1
+            first = i == 0 or calls[i - 1] != call
+            last = i == len(calls) - 1 or calls[i + 1] != call
+            if every or first or last:
+                pts.add((t, call, seen[call]))
+    pts = sorted(pts)
     cap = int(os.environ.get('ACS_KILL_MAX_POINTS', '0'))
     if cap and len(pts) > cap:
         step = (len(pts) - 1) / (cap - 1)
@@ -357,13 +380,14 @@ def wait_done(inst, victim, deadline_s):
 
 def run_once(pool, tmp, victim, kind, point=None, trace_out=None):
     """One scenario run. point=None: the reference run (traced with trace_out to count the
-    calls, returns (final state, counts)); else (thread index, call, n): the kill run,
+    calls, returns (final state, the calls per thread)); else (thread index, call, n): the kill run,
     returns (final state, killed?, what the tree showed after the restart)."""
     user = pool.user()
     d = tmp / f'{user}'
     inst = Instance(pool.dv, user, d, fs_args=('-s',))
     try:
         w = Write(kind, inst)
+        time.sleep(SETTLE_BEFORE)  # acs-syncd enters IDLE after its first sync
         pid = victim_pid(inst, victim)
         threads = tids(pid)
         err = None
@@ -385,8 +409,8 @@ def run_once(pool, tmp, victim, kind, point=None, trace_out=None):
         if point is None:
             assert err is None, f'{kind}: the write failed without a kill: {err!r}\n{inst.fs_log_tail()}'
             assert status is None, f'acs-{victim} died ({status}) in the reference run'
-            counts = count_calls(trace_out, threads)
-            return final_state(inst), counts
+            seqs = count_calls(trace_out, threads)
+            return final_state(inst), seqs
         killed = status == -signal.SIGKILL
         seen = None
         if victim == 'fs':
@@ -449,9 +473,10 @@ RESULTS = {}
 @pytest.mark.parametrize('victim', VICTIMS)
 def test_kill_at_every_step(pool, harness_tmp, victim, kind):
     t0 = time.monotonic()
-    ref, counts = run_once(pool, harness_tmp, victim, kind, trace_out=harness_tmp / 'ref.trace')
+    ref, seqs = run_once(pool, harness_tmp, victim, kind, trace_out=harness_tmp / 'ref.trace')
     assert EXPECT[kind](ref), f'{kind}: the reference run does not show the write:\n{ref}'
-    points = kill_points(counts)
+    points = kill_points(seqs)
+    every = kill_points(seqs, every=True)
     assert points, f'acs-{victim} made no {"/".join(STEP_CALLS[:4])}... call during {kind}'
     killed, seen = 0, collections.Counter()
     failures = []
@@ -471,14 +496,12 @@ def test_kill_at_every_step(pool, harness_tmp, victim, kind):
                             + '\n  '.join(diff))
             if len(failures) >= 3:
                 break
-    per_call = collections.Counter()
-    for (t, call), c in counts.items():
-        per_call[f'{call}@t{t}'] += c
-    line = (f'kill-points: acs-{victim} {kind}: {len(points)} points '
+    per_call = collections.Counter(f'{call}@t{t}' for t, calls in seqs.items() for call in calls)
+    line = (f'kill-points: acs-{victim} {kind}: {len(points)} points run of {len(every)} calls '
             f'({", ".join(f"{k} {v}" for k, v in sorted(per_call.items()))}), killed in {killed}, '
             f'tree after restart {dict(seen)}, {time.monotonic() - t0:.1f} s')
     print(line)
-    RESULTS[(victim, kind)] = (len(points), killed)
+    RESULTS[(victim, kind)] = (len(points), killed, len(every))
     assert not failures, line + '\n' + '\n'.join(failures)
     # a point that is never reached means the path changed between the runs; a few may
     # (acs-syncd's echo processing after the replay varies), most must be hit
@@ -487,7 +510,8 @@ def test_kill_at_every_step(pool, harness_tmp, victim, kind):
 
 def teardown_module(module):
     if RESULTS:
-        total = sum(p for p, _ in RESULTS.values())
-        hit = sum(k for _, k in RESULTS.values())
-        print(f'\nkill-points total: {total} points over {len(RESULTS)} scenarios '
-              f'({hit} runs killed)', file=sys.stderr)
+        total = sum(r[0] for r in RESULTS.values())
+        hit = sum(r[1] for r in RESULTS.values())
+        calls = sum(r[2] for r in RESULTS.values())
+        print(f'\nkill-points total: {total} points run over {len(RESULTS)} scenarios '
+              f'({hit} runs killed; {calls} traced calls in all)', file=sys.stderr)
