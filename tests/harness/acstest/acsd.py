@@ -3,6 +3,7 @@
 client, and a stop that leaves nothing behind (children, mounts, its dbus-daemon)."""
 
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -16,7 +17,10 @@ from pathlib import Path
 from . import fusecheck, paths, procs
 
 SANITIZER_VARS = ('ASAN_OPTIONS', 'UBSAN_OPTIONS', 'LSAN_OPTIONS')
-AGENT_UID_BASE = 3000000 + (os.getpid() % 10000) * 64
+# Per-user agent uids of the tests: users acs-agent0..15 made by tests/install-deps
+# (dbus-daemon refuses uids without a passwd entry).
+AGENT_UID_BASE = 2100000
+AGENT_UIDS = 16
 
 
 class AcsError(Exception):
@@ -148,6 +152,12 @@ class Acsd:
         if dovecot is not None:
             url = url or dovecot.url('imaps')
             ca = ca or dovecot.ca_file
+        if ca:
+            # The agents (other uids) read the CA: a world-readable copy in the work dir.
+            self.work.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ca, self.work / 'ca.pem')
+            os.chmod(self.work / 'ca.pem', 0o644)
+            ca = self.work / 'ca.pem'
         self.sections = {
             'imap': {'url': url or 'imaps://localhost:993', 'ca': ca or ''},
             'cache': {'mode': cache, 'dir': self.cache_dir, 'memory_dir': self.memory_dir},
@@ -156,16 +166,21 @@ class Acsd:
             'session': {'idle_timeout': idle_timeout},
             'socket': {'path': self.socket, 'max_per_uid': max_per_uid},
             'bus': {'mode': 'own'},
-            'limits': {'login_failures': login_failures, 'max_users': 64},
-            # One uid per user for its agents (so one user's agent cannot open another's
-            # cache), from a range picked per test process.
-            'agent': {'uid_min': AGENT_UID_BASE, 'uid_max': AGENT_UID_BASE + 63},
+            'limits': {'login_failures': login_failures, 'max_users': AGENT_UIDS},
+            # One uid per user for its agents, so one user's agent cannot open another's
+            # cache.
+            'agent': {'uid_min': AGENT_UID_BASE, 'uid_max': AGENT_UID_BASE + AGENT_UIDS - 1},
         }
         for sec, kv in (settings or {}).items():
             self.sections.setdefault(sec, {}).update(kv)
         self.proc = None
         self._logf = None
         self._seen = set()
+        try:
+            pwd.getpwuid(AGENT_UID_BASE + AGENT_UIDS - 1)
+        except KeyError:
+            raise RuntimeError(f'agent uids {AGENT_UID_BASE}..{AGENT_UID_BASE + AGENT_UIDS - 1} '
+                               'have no passwd entries: run tests/install-deps as root') from None
         self.write_config()
         procs.register(self)
         if start:
