@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sysexits.h>
@@ -122,6 +124,59 @@ static int mkdir_p(const char *path, mode_t mode)
                 *p = '/';
         }
         if (mkdir(buf, mode) < 0 && errno != EEXIST)
+                return -errno;
+        return 0;
+}
+
+/*
+ * acsd stays root (it mounts, starts agents as other uids, removes their caches), but
+ * keeps only the capabilities that needs: the rest leave its bounding set (so no child
+ * it starts as root, such as its dbus-daemon, can get them back either) and its
+ * effective and permitted sets. A capability change resets PR_SET_DUMPABLE: the caller
+ * clears it again.
+ */
+static const int kept_caps[] = {
+        CAP_CHOWN,            /* agents' caches and directories */
+        CAP_DAC_OVERRIDE,     /* ... of other uids */
+        CAP_DAC_READ_SEARCH,
+        CAP_FOWNER,
+        CAP_FSETID,
+        CAP_KILL,             /* stopping agents (other uids) */
+        CAP_SETGID,           /* starting agents as their uid */
+        CAP_SETUID,
+        CAP_SETPCAP,          /* dropping from the bounding set */
+        CAP_NET_BIND_SERVICE, /* a TLS port below 1024 (a later stage) */
+        CAP_IPC_LOCK,         /* locked memory for keys and the vault */
+        CAP_SYS_ADMIN,        /* mount(2) and umount2(2) of the users' trees */
+        CAP_SYS_RESOURCE,     /* the descriptor limit */
+};
+
+static int drop_capabilities(void)
+{
+        uint64_t keep = 0;
+        for (size_t i = 0; i < ACS_ARRAY_SIZE(kept_caps); i++)
+                keep |= 1ull << kept_caps[i];
+        int last = CAP_LAST_CAP;
+        FILE *f = fopen("/proc/sys/kernel/cap_last_cap", "re");
+        if (f) {
+                if (fscanf(f, "%d", &last) != 1 || last < 0 || last > 63)
+                        last = CAP_LAST_CAP;
+                fclose(f);
+        }
+        for (int cap = 0; cap <= last; cap++)
+                if (!(keep & (1ull << cap)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+                        return -errno;
+        struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+        struct __user_cap_data_struct data[2];
+        if (syscall(SYS_capget, &hdr, data) < 0)
+                return -errno;
+        for (int i = 0; i < 2; i++) {
+                uint32_t k = (uint32_t)(keep >> (32 * i));
+                data[i].effective &= k;
+                data[i].permitted &= k;
+                data[i].inheritable = 0;
+        }
+        if (syscall(SYS_capset, &hdr, data) < 0)
                 return -errno;
         return 0;
 }
@@ -324,6 +379,14 @@ int main(int argc, char **argv)
         }
         umask(022);
         if (raise_fd_limit(&d.cfg) < 0) {
+                acs_config_clear(&d.cfg);
+                return EX_OSERR;
+        }
+        r = drop_capabilities();
+        if (r >= 0)
+                r = acs_vault_nodump(); /* a capability change resets it */
+        if (r < 0) {
+                fprintf(stderr, "acsd: dropping capabilities / staying non-dumpable: %s\n", strerror(-r));
                 acs_config_clear(&d.cfg);
                 return EX_OSERR;
         }

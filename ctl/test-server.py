@@ -201,6 +201,13 @@ def as_uid(uid, path, lines):
 def t_protocol_sessions(tmp):
     a = Acsd(tmp)
     try:
+        caps = {k: int(v, 16) for k, v in (ln.split(":\t") for ln in open(f"/proc/{a.p.pid}/status")
+                                              if ln.startswith("Cap"))}
+        for k in ("CapEff", "CapPrm", "CapBnd"):
+            assert caps[k] & (1 << 21), f"{k}: CAP_SYS_ADMIN kept (mounts)"
+            for bit, name in ((16, "CAP_SYS_MODULE"), (19, "CAP_SYS_PTRACE"), (17, "CAP_SYS_RAWIO"),
+                              (12, "CAP_NET_ADMIN"), (27, "CAP_MKNOD")):
+                assert not caps[k] & (1 << bit), f"{k}: {name} not dropped"
         c = Client(a.sock, hello=False)
         assert c.call("OPEN alice right").startswith("ERR state "), "HELLO first"
         assert c.call("HELLO 2 5").startswith("ERR version ")
