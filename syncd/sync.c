@@ -699,28 +699,53 @@ static char *kw_apply(const char *cur, const char *add, const char *del)
  * flag changes still waiting in the op log (so the tree keeps showing them); moves it
  * new/ -> cur/ when it became \Seen.
  */
-static int apply_flags(acs_store *st, const pending *pend, localmsg *lm, const srvmsg *sm)
+static int merge_flags(const pending *pend, int64_t message_id, unsigned server_flags, const char *server_kw,
+                       unsigned *ret_flags, char **ret_kw)
 {
-        if (!sm->have_flags)
-                return 0;
-        unsigned flags = sm->flags;
-        _cleanup_free_ char *kw = strdup(sm->keywords ? sm->keywords : "");
+        unsigned flags = server_flags;
+        char *kw = strdup(server_kw ? server_kw : "");
         if (!kw)
                 return -ENOMEM;
         for (size_t i = 0; pend && i < pend->n; i++) {
                 const pendop *o = &pend->v[i];
-                if (o->message_id != lm->id || o->kind != ACS_OP_FLAGS)
+                if (o->message_id != message_id || o->kind != ACS_OP_FLAGS)
                         continue;
                 flags = (flags & ~o->flags_del) | o->flags_add;
                 if ((o->keywords_add && *o->keywords_add) || (o->keywords_del && *o->keywords_del)) {
                         char *nk = kw_apply(kw, o->keywords_add, o->keywords_del);
-                        if (!nk)
+                        if (!nk) {
+                                free(kw);
                                 return -ENOMEM;
+                        }
                         free(kw);
                         kw = nk;
                 }
         }
-        int r;
+        *ret_flags = flags;
+        *ret_kw = kw;
+        return 0;
+}
+
+int syncd_merged_flags(acs_store *st, int64_t message_id, unsigned server_flags, const char *server_keywords,
+                       unsigned *ret_flags, char **ret_keywords)
+{
+        pending p = {0};
+        int r = pending_load(st, &p);
+        if (r == 0)
+                r = merge_flags(&p, message_id, server_flags, server_keywords, ret_flags, ret_keywords);
+        pending_free(&p);
+        return r;
+}
+
+static int apply_flags(acs_store *st, const pending *pend, localmsg *lm, const srvmsg *sm)
+{
+        if (!sm->have_flags)
+                return 0;
+        unsigned flags;
+        _cleanup_free_ char *kw = NULL;
+        int r = merge_flags(pend, lm->id, sm->flags, sm->keywords, &flags, &kw);
+        if (r < 0)
+                return r;
         if (lm->flags != flags || strcmp(lm->keywords, kw) != 0) {
                 r = acs_store_message_set_flags(st, lm->id, flags, kw, sm->modseq);
                 if (r == -ENOENT)

@@ -121,6 +121,13 @@ int syncd_sync_all(syncd *sd, bool quick);
  * uidvalidity with UIDNEXT 0 (a full scan follows). Runs inside the caller's transaction.
  */
 int syncd_forget_incarnation(syncd *sd, int64_t mailbox_id, uint32_t uidvalidity);
+/*
+ * The flags a cached message shows after a sync brought the server's: server_flags and
+ * server_keywords with the deltas of the FLAGS ops of message_id still in the op log
+ * re-applied in seq order. *ret_keywords is malloc'd (sorted, space-separated).
+ */
+int syncd_merged_flags(acs_store *st, int64_t message_id, unsigned server_flags, const char *server_keywords,
+                       unsigned *ret_flags, char **ret_keywords);
 /* Brings one mailbox (server name, mUTF-7) up to date. */
 int syncd_sync_mailbox(syncd *sd, const char *server_name);
 
