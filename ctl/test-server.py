@@ -47,8 +47,10 @@ root = {tmp}/tree
 [session]
 expiry = {vals['expiry']}
 max_per_user = {vals['max_per_user']}
+{vals.get('session_extra', '')}
 [socket]
 path = {vals['path']}
+{vals.get('socket_extra', '')}
 max_per_uid = {vals['max_per_uid']}
 max_connections = {vals['max_connections']}
 [limits]
@@ -161,14 +163,14 @@ def pairs(line):
     return dict(t.split("=", 1) for t in line.split(" ")[2:])
 
 
-def as_uid(uid, path, lines):
-    """Runs a client as another uid in a child; returns its reply lines."""
+def as_uid(uid, path, lines, groups=()):
+    """Runs a client as another uid (with supplementary groups) in a child; returns its reply lines."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(r)
-            os.setgroups([])
+            os.setgroups(list(groups))
             os.setgid(uid)
             os.setuid(uid)
             out = []
@@ -177,6 +179,8 @@ def as_uid(uid, path, lines):
                 for ln in lines:
                     if ln == "<close?>":
                         out.append("closed" if c.closed(1) else "open")
+                    elif ln == "<line>":
+                        out.append(c.line())
                     else:
                         out.append(c.call(ln))
             except Exception as e:  # noqa: BLE001 - reported to the parent
@@ -501,6 +505,33 @@ def t_shutdown_answers_pending(tmp):
     assert not os.path.exists(a.sock)
 
 
+def t_groups(tmp):
+    """socket.allow_group: others are refused (ERR denied), also by the socket's mode;
+    session.admin_group: its members may run WHO."""
+    import grp
+    mail = grp.getgrnam("mail").gr_gid
+    adm = grp.getgrnam("adm").gr_gid
+    a = Acsd(tmp, socket_extra="allow_group = mail\nmode = 0660", session_extra="admin_group = adm")
+    try:
+        st = os.stat(a.sock)
+        assert st.st_gid == mail and (st.st_mode & 0o777) == 0o660, oct(st.st_mode)
+        # the file mode alone keeps nobody out...
+        out = as_uid(NOBODY, a.sock, ["HELLO 1 1"])
+        assert out[0].startswith("EXC PermissionError"), out
+        # ...and acsd checks the peer's groups itself: open the mode up to see it
+        os.chmod(a.sock, 0o666)
+        out = as_uid(NOBODY, a.sock, ["<line>", "<close?>"])
+        assert out[0].startswith("ERR denied ") and out[1] == "closed", out
+        out = as_uid(NOBODY, a.sock, ["HELLO 1 1", "WHO"], groups=[mail])
+        assert out[0] == "OK HELLO version=1" and out[1].startswith("ERR denied "), out
+        out = as_uid(NOBODY, a.sock, ["HELLO 1 1", "WHO"], groups=[mail, adm])
+        assert out == ["OK HELLO version=1", "OK WHO count=0"], out
+        c = Client(a.sock)
+        assert c.call("WHO") == "OK WHO count=0"
+    finally:
+        assert a.stop() == 0
+
+
 def t_daemon_mode(tmp):
     """Without --foreground: the parent exits 0 once the socket answers; SIGHUP is ignored;
     a second SIGTERM during the stop ends it at once."""
@@ -552,7 +583,7 @@ def t_config_error(tmp):
     assert r.returncode != 0 and "No such file" in r.stderr, r
 
 
-TESTS = [t_config_error, t_daemon_mode, t_protocol_sessions, t_failed_logins, t_caps, t_expiry_and_limits,
+TESTS = [t_config_error, t_daemon_mode, t_groups, t_protocol_sessions, t_failed_logins, t_caps, t_expiry_and_limits,
          t_shutdown_answers_pending, t_idle_slow_oversized]
 
 
