@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -888,14 +887,27 @@ static int rename_append(fs_ctx *ctx, const dir_info *from, const char *name, co
                 return -EINVAL;
         if (st.st_size > INT_MAX)
                 return -EFBIG;
-        if (st.st_size > 0) {
-                data = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-                if (data == MAP_FAILED)
-                        return -errno;
+        /* read, not mmap: a client truncating the file meanwhile must not SIGBUS us */
+        data = malloc(st.st_size > 0 ? (size_t)st.st_size : 1);
+        if (!data)
+                return -ENOMEM;
+        for (size_t got = 0; got < (size_t)st.st_size;) {
+                ssize_t n = pread(fd, (char *)data + got, (size_t)st.st_size - got, (off_t)got);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0) {
+                        r = -errno;
+                        goto out_free;
+                }
+                if (n == 0) {
+                        st.st_size = (off_t)got; /* shrank meanwhile: what is there */
+                        break;
+                }
+                got += (size_t)n;
         }
         r = marker_path(ctx, from->mailbox_id, name, marker);
         if (r < 0)
-                goto out_unmap;
+                goto out_free;
 
         pthread_mutex_lock(&ctx->write_lock);
         acs_store *s = wstore(ctx, &r);
@@ -930,9 +942,8 @@ out:
         if (marked && unlink(marker) < 0)
                 acs_log(LOG_WARNING, "cannot remove %s: %m", marker);
         acs_mdname_clear(&t);
-out_unmap:
-        if (data)
-                munmap(data, (size_t)st.st_size);
+out_free:
+        free(data);
         return r;
 }
 

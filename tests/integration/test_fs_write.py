@@ -128,11 +128,16 @@ def test_flag_rename_queues_a_delta_and_shows_at_once(tree):
     p = by_subject(tree, inbox, 'one')
     ino = p.stat().st_ino
     assert p.name.endswith(':2,S')
+    cur_mtime, folder_mtime = (inbox / 'cur').stat().st_mtime_ns, inbox.stat().st_mtime_ns
     target = inbox / 'cur' / (base_of(p.name) + ':2,FS')
     os.rename(p, target)
     # visible at once: the listing has the new name, the old one is gone, same inode
     assert target.name in names(inbox / 'cur') and p.name not in names(inbox / 'cur')
     assert target.stat().st_ino == ino
+    # directory mtimes move (mutt and notmuch look at them): cur/ at once, the folder
+    # once the watcher has seen the commit
+    assert (inbox / 'cur').stat().st_mtime_ns > cur_mtime
+    assert wait_for(lambda: inbox.stat().st_mtime_ns > folder_mtime, 1.0) is not None
     o = ops(tree)
     assert len(o) == 1
     assert (o[0]['kind'], o[0]['flags_add'], o[0]['flags_del']) == (FLAGS, F, 0)
