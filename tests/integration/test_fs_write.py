@@ -302,6 +302,33 @@ def test_tmp_files_behave_like_files(tree):
     assert ops(tree) == []
 
 
+def test_tmp_files_after_the_kernel_stopped_sending_opens(tree):
+    """A read-only open of a message makes the kernel stop sending opens (--open-calls skip);
+    reopened tmp/ files must still read, write, truncate, fsync and append right."""
+    inbox = tree.root / 'INBOX'
+    p = inbox / 'tmp' / 'draft'
+    p.write_bytes(b'Subject: x\n\n')  # create: a handle of its own
+    assert by_subject(tree, inbox, 'one').read_bytes().startswith(b'Subject: one')
+    assert by_subject(tree, inbox, 'two').read_bytes().startswith(b'Subject: two')
+    with open(p, 'ab') as f:  # no open request any more: handle 0
+        f.write(b'appended body\n')
+        f.flush()
+        os.fsync(f.fileno())
+    assert p.read_bytes() == b'Subject: x\n\nappended body\n'
+    with open(p, 'r+b') as f:
+        f.truncate(13)
+    assert p.read_bytes() == b'Subject: x\n\na'
+    with open(p, 'wb') as f:  # O_TRUNC without an open request: a setattr(size=0)
+        f.write(b'Subject: final\n\nok\n')
+    assert p.read_bytes() == b'Subject: final\n\nok\n'
+    os.rename(p, inbox / 'cur' / 'draft:2,DS')
+    assert (inbox / 'cur' / 'draft:2,DS').read_bytes() == b'Subject: final\n\nok\n'
+    assert [o['kind'] for o in ops(tree)] == [APPEND]
+    # and a writable open of a message fails at the latest at write()
+    with pytest.raises(PermissionError):
+        _write(by_subject(tree, inbox, 'one'))
+
+
 def test_fsync_reaches_the_spool_file(tree):
     """An fsync of a tmp/ file is answered by a real fsync(2) of the spool file (strace sees it)."""
     p = tree.root / 'INBOX' / 'tmp' / 'synced'
