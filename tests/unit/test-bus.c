@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <sys/stat.h>
@@ -825,6 +826,28 @@ TEST(root_monitor_allowed)
                 dbus_message_unref(m);
                 raw_close(c);
         }
+        fx_teardown(&f);
+}
+
+TEST(unknown_uid_refused)
+{
+        /* dbus-daemon denies a uid without a passwd entry before any <allow user> rule:
+         * acsd's agent uids must exist (docs/credentials.md). 65533 is unused here. */
+        fixture f;
+        CHECK(fx_setup(&f));
+        if (!f.bus) {
+                fx_teardown(&f);
+                return;
+        }
+        CHECK(getpwuid(65533) == NULL);
+        pid_t pid = fork();
+        if (pid == 0) {
+                drop_to(65533);
+                acs_bus *b = NULL;
+                int r = acs_bus_connect(f.address, &b);
+                _exit(r == -EACCES ? 0 : r == 0 ? 1 : 2);
+        }
+        CHECK_INT(wait_child(pid, 30000), 0);
         fx_teardown(&f);
 }
 
