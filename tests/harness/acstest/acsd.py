@@ -17,10 +17,35 @@ from pathlib import Path
 from . import fusecheck, paths, procs
 
 SANITIZER_VARS = ('ASAN_OPTIONS', 'UBSAN_OPTIONS', 'LSAN_OPTIONS')
-# Per-user agent uids of the tests: users acs-agent0..15 made by tests/install-deps
-# (dbus-daemon refuses uids without a passwd entry).
+# Per-user agent uids of the tests: users acs-agent0..127 made by tests/install-deps
+# (dbus-daemon refuses uids without a passwd entry), in 8 slots of 16. acsd kills every
+# process of an agent uid when it stops an instance, so concurrent test processes (other
+# pytest runs on this machine) must not share uids: each takes a slot under a lock file.
 AGENT_UID_BASE = 2100000
 AGENT_UIDS = 16
+AGENT_SLOTS = 8
+_slot = None
+
+
+def agent_uid_range():
+    """(uid_min, uid_max) of this process's slot, taken once (lock held until exit)."""
+    global _slot
+    if _slot is None:
+        import fcntl
+        for i in range(AGENT_SLOTS):
+            fd = os.open(f'/tmp/acstest-agent-uids-{i}.lock', os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            _slot = (i, fd)
+            break
+        else:
+            raise RuntimeError(f'all {AGENT_SLOTS} agent uid slots are taken by other test '
+                               'processes (/tmp/acstest-agent-uids-*.lock)')
+    lo = AGENT_UID_BASE + _slot[0] * AGENT_UIDS
+    return lo, lo + AGENT_UIDS - 1
 
 
 class AcsError(Exception):
@@ -169,18 +194,19 @@ class Acsd:
             'limits': {'login_failures': login_failures, 'max_users': AGENT_UIDS},
             # One uid per user for its agents, so one user's agent cannot open another's
             # cache.
-            'agent': {'uid_min': AGENT_UID_BASE, 'uid_max': AGENT_UID_BASE + AGENT_UIDS - 1},
+            'agent': dict(zip(('uid_min', 'uid_max'), agent_uid_range())),
         }
         for sec, kv in (settings or {}).items():
             self.sections.setdefault(sec, {}).update(kv)
         self.proc = None
         self._logf = None
         self._seen = set()
+        last = AGENT_UID_BASE + AGENT_SLOTS * AGENT_UIDS - 1
         try:
-            pwd.getpwuid(AGENT_UID_BASE + AGENT_UIDS - 1)
+            pwd.getpwuid(last)
         except KeyError:
-            raise RuntimeError(f'agent uids {AGENT_UID_BASE}..{AGENT_UID_BASE + AGENT_UIDS - 1} '
-                               'have no passwd entries: run tests/install-deps as root') from None
+            raise RuntimeError(f'agent uids {AGENT_UID_BASE}..{last} have no passwd entries: '
+                               'run tests/install-deps as root') from None
         self.write_config()
         procs.register(self)
         if start:
