@@ -60,7 +60,9 @@ static int64_t mono_ms(void)
  * 100 ms (as acs-fs's watcher does).
  */
 #define OPS_RECHECK_MS 5
-#define OPS_RECHECK_FOR_MS 100
+#define OPS_RECHECK_FOR_MS 500
+/* Safety net for a missed event: the op log is also looked at this often while idle (one read). */
+#define OPS_LOOK_EVERY_MS 1000
 
 /* Replays the op log if it has anything; returns 0 or -errno. */
 static int replay_if_pending(syncd *sd, bool *ret_did)
@@ -101,10 +103,13 @@ int syncd_push_loop(syncd *sd)
 
         int64_t last_full = mono_sec();
         int ops_fd = syncd_ops_watch_fd(sd);
+        int64_t recheck_until = mono_ms() + OPS_RECHECK_FOR_MS;
         while (!syncd_stop) {
                 bool idling = false;
                 bool did = false;
-                (void)syncd_ops_watch_drain(sd);
+                /* a commit seen by inotify may not be visible yet: keep looking for a while */
+                if (syncd_ops_watch_drain(sd))
+                        recheck_until = mono_ms() + OPS_RECHECK_FOR_MS;
                 r = replay_if_pending(sd, &did);
                 if (r < 0)
                         return r;
@@ -133,7 +138,6 @@ int syncd_push_loop(syncd *sd)
                 if (poll_sec && (int)poll_sec < timeout)
                         timeout = (int)poll_sec; /* --poll: a STATUS round also when nothing was pushed */
                 int64_t start = mono_ms();
-                int64_t recheck_until = 0;
                 bool ready = sd->imap->imap_stream->read_buffer_len > 0;
                 bool ops = false;
                 while (!ready && !ops && !syncd_stop) {
@@ -143,6 +147,8 @@ int syncd_push_loop(syncd *sd)
                                 break;
                         if (recheck_until > now && left > OPS_RECHECK_MS)
                                 left = OPS_RECHECK_MS;
+                        else if (left > OPS_LOOK_EVERY_MS)
+                                left = OPS_LOOK_EVERY_MS;
                         struct pollfd p[3] = {
                                 {.fd = mailimap_idle_get_fd(sd->imap), .events = POLLIN},
                                 {.fd = sd->wake_fd, .events = POLLIN},
@@ -153,7 +159,7 @@ int syncd_push_loop(syncd *sd)
                                 return -errno;
                         if (n > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR)))
                                 ready = true;
-                        bool look = recheck_until > mono_ms();
+                        bool look = recheck_until > mono_ms() || n == 0;
                         if (n > 0 && ops_fd >= 0 && (p[2].revents & POLLIN) && syncd_ops_watch_drain(sd)) {
                                 look = true;
                                 recheck_until = mono_ms() + OPS_RECHECK_FOR_MS;

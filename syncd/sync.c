@@ -2066,6 +2066,11 @@ int syncd_sync_all(syncd *sd, bool quick)
                 }
                 sd->synced_mailboxes++;
                 r = syncd_sync_mailbox(sd, srv[i]);
+                if (r == -ENOENT) {
+                        /* deleted or renamed in the tree meanwhile (acs-fs): the list catches up */
+                        sd->list_dirty = true;
+                        r = 0;
+                }
                 if (r == -EREMOTEIO) {
                         acs_log_mb(LOG_WARNING, l.v[i].name, "SELECT refused; the list will be read again");
                         sd->list_dirty = true;
