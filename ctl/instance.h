@@ -45,11 +45,13 @@ typedef struct inst_req inst_req; /* a pending open or sync, until its callback 
 typedef struct inst_opts {
         const char *syncd_path; /* the acs-syncd program (absolute path) */
         const char *fs_path;    /* the acs-fs program (absolute path) */
-        const char *run_dir;    /* acsd's runtime directory (root, 0755): bus.conf, bus.sock */
+        const char *run_dir;    /* the own bus's directory (bus.conf, bus.sock; created 0755);
+                                 * NULL: cfg->bus_dir, else DIR(cfg->socket_path)/bus */
         const char *dbus_daemon; /* NULL: "dbus-daemon" through PATH */
         /* Agent uids: when uid_min <= uid_max (both > 0), each user gets a distinct uid
          * (and gid, same number) from this range, so one user's agents cannot open
-         * another's cache. Otherwise every agent runs as cfg->agent_user. */
+         * another's cache. Both 0: cfg->agent_uid_min/max; if those are 0 too, every agent
+         * runs as cfg->agent_user. */
         uid_t uid_min, uid_max;
         unsigned login_timeout;    /* seconds to wait for the agent's login result; 0 = 30 */
         unsigned stop_grace;       /* seconds between STOP/SIGTERM and SIGKILL; 0 = 5 */
@@ -209,3 +211,19 @@ size_t inst_count(const inst_mgr *m);
  * get -ESHUTDOWN; watches get INST_EV_CLOSED.
  */
 void inst_shutdown_all(inst_mgr *m, void (*done)(void *ud), void *ud);
+
+/* ---- ctl/mount.c (internal to instance.c; root only) ---- */
+
+/*
+ * Opens /dev/fuse and mounts it at mountpoint as FUSE type "fuse.acs" (nosuid, nodev,
+ * noexec, allow_other, default_permissions: the kernel checks the modes acs-fs reports),
+ * the connection owned by user_id/group_id. *ret_fd: the FUSE descriptor (close-on-exec),
+ * for acs-fs as "/dev/fd/N". 0, -errno of open or mount.
+ */
+int inst_mount_fuse(const char *mountpoint, uid_t user_id, gid_t group_id, int *ret_fd);
+/* Detaches whatever is mounted at mountpoint (MNT_DETACH; dead mounts too). 0 also when
+ * nothing was mounted; -errno. */
+int inst_umount(const char *mountpoint);
+/* Detaches every fuse.acs mount directly below tree_root (left by an earlier acsd).
+ * 0 and *ret_count (may be NULL), or the first -errno (the others are still tried). */
+int inst_umount_stale(const char *tree_root, unsigned *ret_count);

@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: MIT */
+/* acsd's FUSE mounts: opens /dev/fuse and mounts it at a user's tree as root, detaches dead or stale mounts. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "acs/util.h"
+#include "instance.h"
+
+#define FUSE_FSTYPE "fuse.acs"
+
+int inst_mount_fuse(const char *mountpoint, uid_t user_id, gid_t group_id, int *ret_fd)
+{
+        _cleanup_close_ int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+
+        char opts[160];
+        int n = snprintf(opts, sizeof(opts),
+                         "fd=%d,rootmode=40000,user_id=%u,group_id=%u,allow_other,default_permissions",
+                         fd, (unsigned)user_id, (unsigned)group_id);
+        if (n < 0 || (size_t)n >= sizeof(opts))
+                return -EINVAL;
+        /* nosuid, nodev: the tree holds mail, never programs or devices */
+        if (mount("acs", mountpoint, FUSE_FSTYPE, MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) < 0)
+                return -errno;
+        *ret_fd = TAKE_FD(fd);
+        return 0;
+}
+
+int inst_umount(const char *mountpoint)
+{
+        /* MNT_DETACH: a dead FUSE mount (ENOTCONN) or one still in use goes at once; the
+         * kernel ends the FUSE connection when its last user lets go */
+        if (umount2(mountpoint, MNT_DETACH | UMOUNT_NOFOLLOW) == 0)
+                return 0;
+        if (errno == EINVAL || errno == ENOENT)
+                return 0; /* not a mount point (any more) */
+        return -errno;
+}
+
+/* Undoes the octal escapes of /proc/self/mountinfo (\040 for a space, ...) in place. */
+static void unescape_mountinfo(char *s)
+{
+        char *w = s;
+        for (char *r = s; *r; ) {
+                if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' &&
+                    r[3] >= '0' && r[3] <= '7') {
+                        *w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+                        r += 4;
+                } else
+                        *w++ = *r++;
+        }
+        *w = 0;
+}
+
+int inst_umount_stale(const char *tree_root, unsigned *ret_count)
+{
+        FILE *f = fopen("/proc/self/mountinfo", "re");
+        if (!f)
+                return -errno;
+        size_t rootlen = strlen(tree_root);
+        unsigned count = 0;
+        int ret = 0;
+        char *line = NULL;
+        size_t cap = 0;
+        /* detaching while reading mountinfo is fine: each line is read once, and a
+         * vanished line only ends the listing early, caught by the next start's umount */
+        while (getline(&line, &cap, f) > 0) {
+                /* id parent major:minor root mountpoint options [optional...] - fstype source super */
+                char *save = NULL, *mp = NULL, *fstype = NULL;
+                int field = 0;
+                bool after_dash = false;
+                for (char *t = strtok_r(line, " \n", &save); t; t = strtok_r(NULL, " \n", &save), field++) {
+                        if (field == 4)
+                                mp = t;
+                        else if (after_dash) {
+                                fstype = t;
+                                break;
+                        } else if (field > 5 && strcmp(t, "-") == 0)
+                                after_dash = true;
+                }
+                if (!mp || !fstype || strcmp(fstype, FUSE_FSTYPE) != 0)
+                        continue;
+                unescape_mountinfo(mp);
+                if (strncmp(mp, tree_root, rootlen) != 0 || mp[rootlen] != '/' ||
+                    strchr(mp + rootlen + 1, '/'))
+                        continue;
+                int r = inst_umount(mp);
+                if (r < 0 && ret == 0)
+                        ret = r;
+                if (r == 0)
+                        count++;
+        }
+        free(line);
+        fclose(f);
+        if (ret == 0 && ret_count)
+                *ret_count = count;
+        return ret;
+}
