@@ -405,6 +405,32 @@ static int keywords_of(acs_store *s, uint32_t bits, char **ret)
         return *ret ? 0 : -ENOMEM;
 }
 
+/*
+ * Adds to *kw the keywords of cur that have no letter (past the 26th): a name cannot show
+ * them, so a rename must not remove them.
+ */
+static int keep_letterless(acs_store *s, const char *cur, char **kw)
+{
+        _cleanup_free_ char *copy = cur ? strdup(cur) : NULL;
+        char *save = NULL;
+
+        if (cur && !copy)
+                return -ENOMEM;
+        for (char *k = copy ? strtok_r(copy, " ", &save) : NULL; k; k = strtok_r(NULL, " ", &save)) {
+                int idx = -1, r = acs_store_keyword_index(s, k, false, &idx);
+                if (r == 0 && idx >= 0 && idx < 26)
+                        continue;
+                if (r < 0 && r != -ENOENT)
+                        return r;
+                char *n = NULL;
+                if (asprintf(&n, "%s%s%s", *kw, **kw ? " " : "", k) < 0)
+                        return -ENOMEM;
+                free(*kw);
+                *kw = n;
+        }
+        return 0;
+}
+
 /* ---- attributes ---- */
 
 static int setattr_spool(fs_ctx *ctx, uint64_t ino, const struct stat *attr, int to_set,
@@ -779,6 +805,8 @@ static int rename_message(fs_ctx *ctx, const dir_info *from, const char *name, c
         if (r < 0)
                 goto out;
         r = parse_target(s, newname, &t, &kw);
+        if (r == 0)
+                r = keep_letterless(s, m.keywords, &kw);
         if (r < 0)
                 goto out;
         /* a different message under the target name is never replaced (that would expunge) */

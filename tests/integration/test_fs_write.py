@@ -161,6 +161,18 @@ def test_keyword_letters_become_keywords(tree):
     o = ops(tree)[-1]
     assert o['keywords_add'] == 'work' and o['keywords_del'] is None
     assert by_subject(tree, inbox, 'two').name.endswith(':2,FSa')
+    # a keyword without a letter (past the 26th) cannot show in a name: renames keep it
+    msg = [m for m in message_rows(tree) if m['keywords'] == 'work'][0]
+    con = sqlite3.connect(str(tree.db), timeout=10, isolation_level=None)
+    try:
+        con.execute("UPDATE message SET keywords = 'nolet work' WHERE id = ?", (msg['id'],))
+    finally:
+        con.close()
+    p = by_subject(tree, inbox, 'two')
+    os.rename(p, inbox / 'cur' / (base_of(p.name) + ':2,S'))
+    o = ops(tree)[-1]
+    assert (o['flags_del'], o['keywords_add'], o['keywords_del']) == (F, None, 'work')
+    assert [m['keywords'] for m in message_rows(tree) if m['id'] == msg['id']] == ['nolet']
 
 
 def test_new_to_cur_without_flag_change_queues_nothing(tree):
