@@ -155,6 +155,13 @@ static int fx_child_keys(fixture *f, uint32_t id, acs_wire_pub *ret_pub)
         return p[0];
 }
 
+/* fork() with stdout flushed first: a child must not print the parent's buffered TAP lines again. */
+static pid_t xfork(void)
+{
+        fflush(stdout);
+        return fork();
+}
+
 static void drop_to(uid_t uid)
 {
         if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(uid) < 0 || getuid() != uid)
@@ -272,7 +279,7 @@ TEST(signed_request_boxed_reply_roundtrip)
         }
         acs_wire_pub cpub;
         int kfd = fx_child_keys(&f, 7, &cpub);
-        pid_t pid = fork();
+        pid_t pid = xfork();
         if (pid == 0) {
                 drop_to(AGENT_UID);
                 _exit(roundtrip_child(f.address, kfd));
@@ -447,7 +454,7 @@ TEST(agent_rejects_replayed_flipped_unsigned_wrong_sender_wrong_recipient)
         close(kfd2);
         int rep[2];
         CHECK(pipe2(rep, O_CLOEXEC) == 0);
-        pid_t pid = fork();
+        pid_t pid = xfork();
         if (pid == 0) {
                 drop_to(AGENT_UID);
                 close(rep[0]);
@@ -535,7 +542,7 @@ TEST(acsd_side_rejects_replay_and_binds_sender)
         int kfd = fx_child_keys(&f, 3, &p1);
         int go[2];
         CHECK(pipe2(go, O_CLOEXEC) == 0);
-        pid_t pid = fork();
+        pid_t pid = xfork();
         if (pid == 0) {
                 drop_to(AGENT_UID);
                 close(go[1]);
@@ -752,7 +759,7 @@ TEST(policy_agent_cannot_reach_another_agent_or_eavesdrop)
         }
         int names[2], go[2];
         CHECK(pipe2(names, O_CLOEXEC) == 0 && pipe2(go, O_CLOEXEC) == 0);
-        pid_t victim = fork();
+        pid_t victim = xfork();
         if (victim == 0) {
                 drop_to(AGENT2_UID);
                 _exit(victim_child(f.address, names[1], go[0]));
@@ -765,7 +772,7 @@ TEST(policy_agent_cannot_reach_another_agent_or_eavesdrop)
         vname[n] = 0;
         close(names[0]);
         CHECK(vname[0] == ':');
-        pid_t attacker = fork();
+        pid_t attacker = xfork();
         if (attacker == 0) {
                 drop_to(AGENT_UID);
                 _exit(attacker_child(f.address, vname));
@@ -829,6 +836,117 @@ TEST(root_monitor_allowed)
         fx_teardown(&f);
 }
 
+static void count_message(void *ud, const char *sender, const uint8_t *msg, size_t len)
+{
+        (*(unsigned *)ud)++;
+}
+
+static bool under_valgrind(void)
+{
+        const char *p = getenv("LD_PRELOAD");
+        return p && strstr(p, "vgpreload");
+}
+
+TEST(thousands_of_agents_and_the_connection_limit)
+{
+        /* max_agents agent connections (root here: the per-uid limit is max_agents + 8),
+         * each sends one message that acsd receives; the bus takes max_agents + 16
+         * connections in all and refuses the next one. */
+        unsigned n = under_valgrind() ? 300 : 2000;
+        fixture f;
+        memset(&f, 0, sizeof(f));
+        if (acs_wire_init() < 0 || geteuid() != 0) {
+                CHECK(false);
+                return;
+        }
+        snprintf(f.dir, sizeof(f.dir), "/tmp/acs-bus-XXXXXX");
+        CHECK(mkdtemp(f.dir) && chmod(f.dir, 0755) == 0);
+        acs_bus_daemon_opts o = {.dir = f.dir, .max_agents = n, .max_per_uid = n + 64, .owner_uid = 0};
+        CHECK_INT(acs_bus_daemon_start(&o, &f.address, &f.daemon_pid), 0);
+        CHECK_INT(acs_bus_connect(f.address, &f.bus), 0);
+        if (!f.bus) {
+                fx_teardown(&f);
+                return;
+        }
+        CHECK_INT(acs_bus_request_name(f.bus, ACS_BUS_NAME), 0);
+        unsigned got = 0;
+        acs_bus_set_handlers(f.bus, count_message, NULL, &got);
+        acs_bus **agents = calloc(n + 32, sizeof(*agents));
+        int64_t t0 = mono_ms();
+        unsigned connected = 0;
+        int refused = 0;
+        for (unsigned i = 0; i < n + 32; i++) {
+                int r = acs_bus_connect(f.address, &agents[i]);
+                if (r < 0) {
+                        refused = r;
+                        break;
+                }
+                connected++;
+        }
+        int64_t t1 = mono_ms();
+        /* acsd's own connection counts: n + 16 in all */
+        CHECK_INT(connected, n + 15);
+        CHECK(refused < 0);
+        for (unsigned i = 0; i < n && i < connected; i++) {
+                uint8_t b[4] = {(uint8_t)(i >> 24), (uint8_t)(i >> 16), (uint8_t)(i >> 8), (uint8_t)i};
+                CHECK_INT(acs_bus_send(agents[i], ACS_BUS_NAME, b, sizeof(b)), 0);
+                CHECK_INT(acs_bus_flush(agents[i], 5000), 0);
+        }
+        /* count what arrives at acsd */
+        int64_t end = mono_ms() + 60000;
+        while (got < n && mono_ms() < end)
+                acs_bus_wait(f.bus, 100);
+        int64_t t2 = mono_ms();
+        CHECK_INT(got, n);
+        char path[64], line[256];
+        snprintf(path, sizeof(path), "/proc/%d/status", (int)f.daemon_pid);
+        FILE *st = fopen(path, "r");
+        long rss_kb = -1;
+        while (st && fgets(line, sizeof(line), st))
+                if (!strncmp(line, "VmRSS:", 6))
+                        rss_kb = atol(line + 6);
+        if (st)
+                fclose(st);
+        printf("# %u agent connections in %lld ms (refused after %u: %s), %u messages to acsd in %lld ms, "
+               "dbus-daemon RSS %ld KiB\n",
+               connected, (long long)(t1 - t0), connected, strerror(-refused), got, (long long)(t2 - t1), rss_kb);
+        for (unsigned i = 0; i < n + 32; i++)
+                acs_bus_free(agents[i]);
+        free(agents);
+        fx_teardown(&f);
+}
+
+TEST(connections_per_uid_capped)
+{
+        /* one agent uid cannot take the bus's connections for itself: max_per_uid (64 + 8) */
+        fixture f;
+        CHECK(fx_setup(&f));
+        if (!f.bus) {
+                fx_teardown(&f);
+                return;
+        }
+        pid_t pid = xfork();
+        if (pid == 0) {
+                drop_to(AGENT_UID);
+                acs_bus *b[100] = {0};
+                unsigned ok = 0;
+                for (unsigned i = 0; i < 100; i++)
+                        if (acs_bus_connect(f.address, &b[i]) == 0)
+                                ok++;
+                        else
+                                break;
+                printf("# uid %d got %u connections\n", AGENT_UID, ok);
+                fflush(stdout);
+                _exit(ok == 72 ? 0 : 1);
+        }
+        CHECK_INT(wait_child(pid, 60000), 0);
+        /* others still get in */
+        acs_bus *other = NULL;
+        CHECK_INT(acs_bus_connect(f.address, &other), 0);
+        acs_bus_free(other);
+        fx_teardown(&f);
+}
+
 TEST(unknown_uid_refused)
 {
         /* dbus-daemon denies a uid without a passwd entry before any <allow user> rule:
@@ -840,7 +958,7 @@ TEST(unknown_uid_refused)
                 return;
         }
         CHECK(getpwuid(65533) == NULL);
-        pid_t pid = fork();
+        pid_t pid = xfork();
         if (pid == 0) {
                 drop_to(65533);
                 acs_bus *b = NULL;
