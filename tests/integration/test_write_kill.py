@@ -23,7 +23,8 @@ How it works (docs/testing.md, "Kill at every step"):
    reference (UIDs aside: messages compared by flags, INTERNALDATE and body, as multisets,
    so a loss or a duplicate shows).
 
-Steps: of a run of consecutive identical calls in one thread (the page writes of one WAL
+Log output (write/writev to fd 1 or 2: acs-syncd's progress lines) counts for n but is no
+kill point. Steps: of a run of consecutive identical calls in one thread (the page writes of one WAL
 commit, the invalidations the watcher sends after it) the first and the last call are
 kill points, so every change of call along the path is killed at; ACS_KILL_ALL=1 kills at
 every single call instead (the exhaustive run, ~2.5x longer). The number of kill points x
@@ -252,39 +253,48 @@ class Strace:
         return err.decode(errors='replace')
 
 
-_LINE = re.compile(r'^(\d+)\s+(\w+)\(')
+_LINE = re.compile(r'^(\d+)\s+(\w+)\((\d*)')
+LOG_FDS = ('1', '2')
 
 
 def count_calls(trace, threads):
-    """{thread index: [call, ...] in order} from an `strace -f` output file."""
+    """{thread index: [(call, n, is_log), ...] in order} from an `strace -f` output file:
+    n is the call's ordinal among that thread's calls of the same name (what strace's
+    when= counts); is_log marks write/writev to stdout/stderr (the program's log and
+    progress lines: counted for n, but no step of the write's path)."""
     index = {t: i for i, t in enumerate(threads)}
     seqs = collections.defaultdict(list)
+    ordinal = collections.Counter()
     for line in Path(trace).read_text(errors='replace').splitlines():
         m = _LINE.match(line)
         if m and m.group(2) in STEP_CALLS:
             tid = int(m.group(1))
-            seqs[index.get(tid, f'new thread {tid}')].append(m.group(2))
+            t = index.get(tid, f'new thread {tid}')
+            call = m.group(2)
+            ordinal[(t, call)] += 1
+            is_log = call in ('write', 'writev') and m.group(3) in LOG_FDS
+            seqs[t].append((call, ordinal[(t, call)], is_log))
     return dict(seqs)
 
 
 def kill_points(seqs, every=None):
-    """Kill points (thread index, call, n) of the traced path. every=True: each call; else
-    (ACS_KILL_ALL unset) each step: of a run of consecutive identical calls in a thread
-    (e.g. the page writes of one WAL commit, the invalidations the watcher sends) the
-    first and the last call, so every change of call in the path is a point."""
+    """Kill points (thread index, call, n) of the traced path (log writes left out).
+    every=True: each call; else (ACS_KILL_ALL unset) each step: of a run of consecutive
+    identical calls in a thread (e.g. the page writes of one WAL commit, the invalidations
+    the watcher sends) the first and the last call, so every change of call in the path
+    is a point."""
     if every is None:
         every = os.environ.get('ACS_KILL_ALL') == '1'
     bad = [t for t in seqs if not isinstance(t, int)]
     assert not bad, f'calls in threads created during the write: {bad[:5]} (cannot target them)'
     pts = set()
     for t, calls in seqs.items():
-        seen = collections.Counter()
-        for i, call in enumerate(calls):
-            seen[call] += 1
-            first = i == 0 or calls[i - 1] != call
-            last = i == len(calls) - 1 or calls[i + 1] != call
+        path = [(call, n) for call, n, is_log in calls if not is_log]
+        for i, (call, n) in enumerate(path):
+            first = i == 0 or path[i - 1][0] != call
+            last = i == len(path) - 1 or path[i + 1][0] != call
             if every or first or last:
-                pts.add((t, call, seen[call]))
+                pts.add((t, call, n))
     pts = sorted(pts)
     cap = int(os.environ.get('ACS_KILL_MAX_POINTS', '0'))
     if cap and len(pts) > cap:
@@ -496,7 +506,8 @@ def test_kill_at_every_step(pool, harness_tmp, victim, kind):
                             + '\n  '.join(diff))
             if len(failures) >= 3:
                 break
-    per_call = collections.Counter(f'{call}@t{t}' for t, calls in seqs.items() for call in calls)
+    per_call = collections.Counter(f'{call}@t{t}' for t, calls in seqs.items()
+                                   for call, _, is_log in calls if not is_log)
     line = (f'kill-points: acs-{victim} {kind}: {len(points)} points run of {len(every)} calls '
             f'({", ".join(f"{k} {v}" for k, v in sorted(per_call.items()))}), killed in {killed}, '
             f'tree after restart {dict(seen)}, {time.monotonic() - t0:.1f} s')
