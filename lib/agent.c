@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* The agents' end of acsd's bus: handover, hello, password request, results; and the payload formats. */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -463,4 +466,128 @@ int acs_agent_send_status(acs_agent *a, enum acs_agent_state st, uint32_t pendin
         uint8_t p[8];
         acs_agent_status_pack(st, pending, p);
         return send_signed(a, ACS_WIRE_P_STATUS, p, sizeof(p));
+}
+
+/* ---- the agent in a thread of its own ---- */
+
+struct acs_agent_thread {
+        acs_agent *a;
+        pthread_t thread;
+        pthread_mutex_t lock;
+        int quit[2];
+        void (*on_stop)(void *);
+        void (*on_sync)(void *, const char *);
+        void *userdata;
+};
+
+static void *agent_thread_main(void *arg)
+{
+        acs_agent_thread *t = arg;
+        for (;;) {
+                pthread_mutex_lock(&t->lock);
+                /* a send of another thread may have read messages into memory */
+                bool pending = acs_agent_has_pending(t->a);
+                pthread_mutex_unlock(&t->lock);
+                struct pollfd p[2] = {
+                        {.fd = acs_agent_fd(t->a), .events = POLLIN},
+                        {.fd = t->quit[0], .events = POLLIN},
+                };
+                int n = poll(p, 2, pending ? 0 : 1000);
+                if (n < 0 && errno != EINTR)
+                        break;
+                if (p[1].revents)
+                        return NULL;
+                unsigned ev = 0;
+                pthread_mutex_lock(&t->lock);
+                int r = acs_agent_dispatch(t->a, &ev);
+                char *mb = (ev & ACS_AGENT_EV_SYNC_NOW) ? acs_agent_take_sync_mailbox(t->a) : NULL;
+                pthread_mutex_unlock(&t->lock);
+                if ((ev & ACS_AGENT_EV_SYNC_NOW) && t->on_sync)
+                        t->on_sync(t->userdata, mb);
+                free(mb);
+                if ((ev & ACS_AGENT_EV_STOP) || r < 0)
+                        break;
+        }
+        if (t->on_stop)
+                t->on_stop(t->userdata);
+        return NULL;
+}
+
+int acs_agent_thread_start(acs_agent *a, void (*on_stop)(void *userdata),
+                           void (*on_sync)(void *userdata, const char *mailbox), void *userdata,
+                           acs_agent_thread **ret)
+{
+        acs_agent_thread *t = calloc(1, sizeof(*t));
+        if (!t)
+                return -ENOMEM;
+        *t = (acs_agent_thread){.a = a, .on_stop = on_stop, .on_sync = on_sync, .userdata = userdata};
+        if (pipe2(t->quit, O_CLOEXEC) < 0) {
+                int e = -errno;
+                free(t);
+                return e;
+        }
+        pthread_mutex_init(&t->lock, NULL);
+        int r = pthread_create(&t->thread, NULL, agent_thread_main, t);
+        if (r != 0) {
+                close(t->quit[0]);
+                close(t->quit[1]);
+                pthread_mutex_destroy(&t->lock);
+                free(t);
+                return -r;
+        }
+        *ret = t;
+        return 0;
+}
+
+acs_agent_thread *acs_agent_thread_stop(acs_agent_thread *t)
+{
+        if (!t)
+                return NULL;
+        (void)!write(t->quit[1], "x", 1);
+        pthread_join(t->thread, NULL);
+        close(t->quit[0]);
+        close(t->quit[1]);
+        pthread_mutex_destroy(&t->lock);
+        free(t);
+        return NULL;
+}
+
+int acs_agent_thread_get_password(acs_agent_thread *t, int timeout_ms, char **ret, size_t *ret_len)
+{
+        pthread_mutex_lock(&t->lock);
+        int r = acs_agent_get_password(t->a, timeout_ms, ret, ret_len);
+        pthread_mutex_unlock(&t->lock);
+        return r;
+}
+
+int acs_agent_thread_send_login_result(acs_agent_thread *t, enum acs_agent_login result, uint32_t exit_status)
+{
+        pthread_mutex_lock(&t->lock);
+        int r = acs_agent_send_login_result(t->a, result, exit_status);
+        pthread_mutex_unlock(&t->lock);
+        return r;
+}
+
+int acs_agent_thread_send_progress(acs_agent_thread *t, enum acs_agent_progress ev, uint64_t done, uint64_t total)
+{
+        pthread_mutex_lock(&t->lock);
+        int r = acs_agent_send_progress(t->a, ev, done, total);
+        pthread_mutex_unlock(&t->lock);
+        return r;
+}
+
+int acs_agent_thread_send_change(acs_agent_thread *t, uint64_t seq)
+{
+        pthread_mutex_lock(&t->lock);
+        int r = acs_agent_send_change(t->a, seq);
+        pthread_mutex_unlock(&t->lock);
+        return r;
+}
+
+int acs_agent_thread_send_status(acs_agent_thread *t, enum acs_agent_state st, uint32_t pending)
+{
+        pthread_mutex_lock(&t->lock);
+        int r = acs_agent_send_status(t->a, st, pending);
+        pthread_mutex_unlock(&t->lock);
+        return r;
 }

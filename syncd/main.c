@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,14 +49,11 @@ static void on_signal(int sig)
 }
 
 /*
- * --bus mode: the connection to acsd (lib/agent.c). libdbus wants one thread per
- * connection at a time: the listener thread below and the main thread (password request,
- * results) take agent_lock around every use.
+ * --bus mode: the connection to acsd (lib/agent.c), dispatched by a thread of its own
+ * (acs_agent_thread); the main thread asks for the password and reports through it.
  */
 static acs_agent *agent;
-static pthread_mutex_t agent_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_t agent_thread;
-static int agent_quit[2] = {-1, -1};
+static acs_agent_thread *agent_thr;
 
 static void request_stop(void)
 {
@@ -66,48 +62,16 @@ static void request_stop(void)
                 (void)!write(wake_pipe[1], "x", 1);
 }
 
-/* Listens for acsd's STOP and SYNC_NOW while the main thread syncs. */
-static void *agent_listen(void *arg)
+static void on_agent_stop(void *userdata)
 {
-        for (;;) {
-                struct pollfd p[2] = {
-                        {.fd = acs_agent_fd(agent), .events = POLLIN},
-                        {.fd = agent_quit[0], .events = POLLIN},
-                };
-                pthread_mutex_lock(&agent_lock);
-                bool pending = acs_agent_has_pending(agent); /* read by a send of the main thread */
-                pthread_mutex_unlock(&agent_lock);
-                int n = poll(p, 2, pending ? 0 : 1000);
-                if (n < 0 && errno != EINTR)
-                        break;
-                if (p[1].revents)
-                        break;
-                unsigned ev = 0;
-                pthread_mutex_lock(&agent_lock);
-                uint64_t rejected_before = acs_agent_rejected(agent);
-                int r = acs_agent_dispatch(agent, &ev);
-                uint64_t rejected = acs_agent_rejected(agent) - rejected_before;
-                const char *why = acs_agent_last_error(agent);
-                _cleanup_free_ char *mb = (ev & ACS_AGENT_EV_SYNC_NOW) ? acs_agent_take_sync_mailbox(agent) : NULL;
-                pthread_mutex_unlock(&agent_lock);
-                if (rejected)
-                        acs_log(LOG_WARNING, "bus: dropped %llu message(s): %s", (unsigned long long)rejected,
-                                why ? why : "?");
-                if (ev & ACS_AGENT_EV_SYNC_NOW)
-                        acs_log(LOG_NOTICE, "bus: SYNC_NOW%s%s (the push loop syncs on its own schedule)",
-                                mb ? " " : "", mb ? mb : "");
-                if (ev & ACS_AGENT_EV_STOP) {
-                        acs_log(LOG_NOTICE, "bus: STOP from acsd");
-                        request_stop();
-                        break;
-                }
-                if (r < 0) {
-                        acs_log(LOG_ERR, "bus: connection to acsd lost (%s); stopping", strerror(-r));
-                        request_stop();
-                        break;
-                }
-        }
-        return NULL;
+        acs_log(LOG_NOTICE, "bus: STOP from acsd, or its bus is gone: stopping");
+        request_stop();
+}
+
+static void on_agent_sync(void *userdata, const char *mailbox)
+{
+        acs_log(LOG_NOTICE, "bus: SYNC_NOW%s%s (the push loop syncs on its own schedule)", mailbox ? " " : "",
+                mailbox ? mailbox : "");
 }
 
 static int agent_start(const char *address, int key_fd)
@@ -115,59 +79,44 @@ static int agent_start(const char *address, int key_fd)
         int r = acs_agent_open(address, key_fd, ACS_AGENT_SYNCD, &agent);
         if (r < 0)
                 return r;
-        if (pipe2(agent_quit, O_CLOEXEC) < 0)
-                return -errno;
-        r = pthread_create(&agent_thread, NULL, agent_listen, NULL);
-        if (r != 0) {
-                close(agent_quit[0]);
-                close(agent_quit[1]);
-                agent_quit[0] = agent_quit[1] = -1;
-                return -r;
-        }
-        return 0;
+        return acs_agent_thread_start(agent, on_agent_stop, on_agent_sync, NULL, &agent_thr);
 }
 
 static void agent_stop(void)
 {
-        if (!agent)
-                return;
-        if (agent_quit[1] >= 0) {
-                (void)!write(agent_quit[1], "x", 1);
-                pthread_join(agent_thread, NULL);
-                close(agent_quit[0]);
-                close(agent_quit[1]);
-                agent_quit[0] = agent_quit[1] = -1;
+        agent_thr = acs_agent_thread_stop(agent_thr);
+        if (agent) {
+                uint64_t n = acs_agent_rejected(agent);
+                if (n)
+                        acs_log(LOG_WARNING, "bus: %llu message(s) were rejected (last: %s)", (unsigned long long)n,
+                                acs_agent_last_error(agent));
+                agent = acs_agent_free(agent);
+                acs_bus_shutdown();
         }
-        agent = acs_agent_free(agent);
-        acs_bus_shutdown();
 }
 
 /* Tells acsd how a connection attempt ended (LOGIN_RESULT), if there is an acsd. */
 static void agent_login_result(int r, bool permanent)
 {
-        if (!agent)
+        if (!agent_thr)
                 return;
         enum acs_agent_login res = r == 0 ? ACS_AGENT_LOGIN_OK
                                    : r == -EACCES ? ACS_AGENT_LOGIN_REJECTED
                                    : permanent ? ACS_AGENT_LOGIN_FAILED
                                                : ACS_AGENT_LOGIN_UNAVAILABLE;
         uint32_t status = r == 0 ? 0 : (uint32_t)acs_imap_error_exit_status(r);
-        pthread_mutex_lock(&agent_lock);
-        int e = acs_agent_send_login_result(agent, res, status);
-        pthread_mutex_unlock(&agent_lock);
+        int e = acs_agent_thread_send_login_result(agent_thr, res, status);
         if (e < 0)
                 acs_log(LOG_WARNING, "bus: cannot send the login result: %s", strerror(-e));
 }
 
 static void agent_status(enum acs_agent_state st, enum acs_agent_progress ev)
 {
-        if (!agent)
+        if (!agent_thr)
                 return;
-        pthread_mutex_lock(&agent_lock);
-        int e = acs_agent_send_status(agent, st, 0);
+        int e = acs_agent_thread_send_status(agent_thr, st, 0);
         if (e == 0 && ev)
-                e = acs_agent_send_progress(agent, ev, 0, 0);
-        pthread_mutex_unlock(&agent_lock);
+                e = acs_agent_thread_send_progress(agent_thr, ev, 0, 0);
         if (e < 0)
                 acs_log(LOG_WARNING, "bus: cannot send a status: %s", strerror(-e));
 }
@@ -178,16 +127,14 @@ static void agent_status(enum acs_agent_state st, enum acs_agent_progress ev)
  */
 static int get_password(const syncd_opts *o, char **ret_pw, bool *ret_owned)
 {
-        if (!agent) {
+        if (!agent_thr) {
                 *ret_pw = o->password;
                 *ret_owned = false;
                 return 0;
         }
         char *pw = NULL;
         size_t len = 0;
-        pthread_mutex_lock(&agent_lock);
-        int r = acs_agent_get_password(agent, CRED_TIMEOUT_MS, &pw, &len);
-        pthread_mutex_unlock(&agent_lock);
+        int r = acs_agent_thread_get_password(agent_thr, CRED_TIMEOUT_MS, &pw, &len);
         if (r == -ECANCELED) {
                 request_stop();
                 return -EINTR;

@@ -144,3 +144,26 @@ int acs_agent_send_login_result(acs_agent *a, enum acs_agent_login result, uint3
 int acs_agent_send_progress(acs_agent *a, enum acs_agent_progress ev, uint64_t done, uint64_t total);
 int acs_agent_send_change(acs_agent *a, uint64_t seq);
 int acs_agent_send_status(acs_agent *a, enum acs_agent_state st, uint32_t pending);
+
+/* ---- the agent in a thread of its own ---- */
+
+/*
+ * For agents whose main loop cannot poll the bus (acs-fs inside fuse_session_loop,
+ * acs-syncd inside libetpan calls): a thread that dispatches a's messages. It calls
+ * on_stop(userdata) once when STOP arrives or the bus goes away, and on_sync(userdata,
+ * mailbox or NULL for all) for each SYNC_NOW, both from that thread (either may be NULL).
+ * While the thread runs, use a only through the acs_agent_thread_* functions below (they
+ * take the thread's lock). acs_agent_thread_stop() joins it; a is not freed.
+ * 0, -errno of pipe2/pthread_create.
+ */
+typedef struct acs_agent_thread acs_agent_thread;
+int acs_agent_thread_start(acs_agent *a, void (*on_stop)(void *userdata),
+                           void (*on_sync)(void *userdata, const char *mailbox), void *userdata,
+                           acs_agent_thread **ret);
+acs_agent_thread *acs_agent_thread_stop(acs_agent_thread *t);
+/* As acs_agent_get_password, under the lock (the thread keeps dispatching STOP meanwhile). */
+int acs_agent_thread_get_password(acs_agent_thread *t, int timeout_ms, char **ret, size_t *ret_len);
+int acs_agent_thread_send_login_result(acs_agent_thread *t, enum acs_agent_login result, uint32_t exit_status);
+int acs_agent_thread_send_progress(acs_agent_thread *t, enum acs_agent_progress ev, uint64_t done, uint64_t total);
+int acs_agent_thread_send_change(acs_agent_thread *t, uint64_t seq);
+int acs_agent_thread_send_status(acs_agent_thread *t, enum acs_agent_state st, uint32_t pending);
