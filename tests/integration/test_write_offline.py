@@ -40,6 +40,18 @@ class Model:
                 self.msgs[mid] = [folder, set(flags)]
         self.deleted = set()
         self.idates = {}
+        self.hist = {}  # Message-ID -> what the test did to it (for failure messages)
+
+    def did(self, mid, i, what):
+        self.hist.setdefault(mid, []).append(f'#{i} {what}')
+
+    def history(self, lines, limit=12):
+        mids = []
+        for line in lines:
+            for mid in self.hist:
+                if mid in line and mid not in mids:
+                    mids.append(mid)
+        return '\n'.join(f'  {mid}: ' + '; '.join(self.hist[mid]) for mid in mids[:limit])
 
     def check(self, state, where):
         """Differences between a state (server or tree, with bodies) and the model."""
@@ -134,6 +146,7 @@ def test_offline_writes_converge(harness_tmp):
                 os.rename(path, new)
                 assert new.exists() and not path.exists(), f'write {i}: rename not visible'
                 model.msgs[mid][1] = flags_of(info, kw)
+                model.did(mid, i, f'{sub}/ -> {new.parent.name}/ :2,{info} in {folder!r}')
             elif kind == 'unlink':
                 folder, (path, sub, uniq, info) = pick()
                 mid = mid_of(path.read_bytes())
@@ -141,6 +154,7 @@ def test_offline_writes_converge(harness_tmp):
                 assert not path.exists()
                 del model.msgs[mid]
                 model.deleted.add(mid)
+                model.did(mid, i, f'unlink in {folder!r}')
             elif kind == 'move':
                 folder, (path, sub, uniq, info) = pick()
                 target = rng.choice(sorted(model.folders - {folder}))
@@ -149,6 +163,7 @@ def test_offline_writes_converge(harness_tmp):
                 os.rename(path, new)
                 assert new.exists() and not path.exists(), f'write {i}: move not visible'
                 model.msgs[mid][0] = target
+                model.did(mid, i, f'move {folder!r} -> {target!r} ({sub}/ :2,{info})')
                 assert model.msgs[mid][1] == flags_of(info, kw)
             elif kind == 'append':
                 target = rng.choice(sorted(model.folders))
@@ -172,6 +187,7 @@ def test_offline_writes_converge(harness_tmp):
                 os.rename(tmp, dest)
                 assert any(x[2] == uniq for x in inst.tree_files(target)), f'write {i}: append not visible'
                 model.msgs[mid] = [target, flags_of(info, kw)]
+                model.did(mid, i, f'append to {target!r} {dest.parent.name}/ :2,{info}')
                 model.idates[mid] = idate
             elif kind == 'mkdir':
                 created += 1
@@ -187,7 +203,9 @@ def test_offline_writes_converge(harness_tmp):
                 assert inst.folder_dir(new).is_dir() and not inst.folder_dir(old).exists()
                 ren = lambda f: new + f[len(old):] if f == old or f.startswith(old + '/') else f  # noqa: E731
                 model.folders = {ren(f) for f in model.folders}
-                for m in model.msgs.values():
+                for mid, m in model.msgs.items():
+                    if ren(m[0]) != m[0]:
+                        model.did(mid, i, f'its folder renamed {m[0]!r} -> {ren(m[0])!r}')
                     m[0] = ren(m[0])
                 renamable.add(new)
             elif kind == 'rmdir':
@@ -209,7 +227,7 @@ def test_offline_writes_converge(harness_tmp):
 
         # the tree alone already shows every write
         d = model.check(inst.tree_state(), 'tree')
-        assert not d, 'tree after the offline writes:\n' + '\n'.join(d[:30])
+        assert not d, 'tree after the offline writes:\n' + '\n'.join(d[:30]) + '\n' + model.history(d)
 
         dv.start()
         took = inst.wait_quiescent(CONVERGE_TIMEOUT)
@@ -217,7 +235,7 @@ def test_offline_writes_converge(harness_tmp):
 
         server = inst.server_state()
         d = model.check(server, 'server')
-        assert not d, 'server after convergence:\n' + '\n'.join(d[:40])
+        assert not d, 'server after convergence:\n' + '\n'.join(d[:40]) + '\nhistory:\n' + model.history(d)
         d = diff_states(server, inst.tree_state())
         assert not d, 'server and tree differ:\n' + '\n'.join(d[:40])
         total = sum(len(v) for v in server.values())

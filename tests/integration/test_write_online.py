@@ -38,12 +38,12 @@ def latency_report(request):
     for kind, xs in RESULTS.items():
         lines.append(f'  {kind:<22} n={len(xs):3d}  p50={pctl(xs, 50) * 1000:7.1f} ms  '
                      f'p90={pctl(xs, 90) * 1000:7.1f} ms  max={max(xs) * 1000:7.1f} ms')
-    text = '\n'.join(lines)
-    print(text)
-    tr = request.config.pluginmanager.get_plugin('terminalreporter')
-    if tr is not None:
-        for line in lines:
-            tr.write_line(line)
+    capman = request.config.pluginmanager.get_plugin('capturemanager')
+    if capman is not None:
+        with capman.global_and_fixture_disabled():  # shown even without -s
+            print('\n'.join(lines))
+    else:
+        print('\n'.join(lines))
 
 
 def pctl(xs, p):
