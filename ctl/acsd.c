@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* acsd's main: options and config, limits and non-dumpability, startup and shutdown order of the parts. */
+/* acsd's main: options and config, limits, capabilities and non-dumpability, startup and shutdown order of the parts. */
 #include "acsd.h"
 
 #include <errno.h>
@@ -284,9 +284,11 @@ int main(int argc, char **argv)
         bool foreground = false, check = false;
         int prio = LOG_INFO, c, r;
 
-        /* first of all: no core dumps, no ptrace by our uid, before any secret exists */
-        struct rlimit no_core = { 0, 0 };
-        setrlimit(RLIMIT_CORE, &no_core);
+        /*
+         * First of all, before any secret exists: non-dumpable (no core dump, no ptrace by
+         * our uid, /proc/PID/mem and friends root's). RLIMIT_CORE is left alone on purpose:
+         * the flag alone must (and does) keep acsd from dumping, and a test checks that.
+         */
         r = acs_vault_nodump();
         if (r < 0) {
                 fprintf(stderr, "acsd: cannot make the process non-dumpable: %s\n", strerror(-r));
