@@ -25,8 +25,8 @@
  * usage: acs-bus-driver --dir DIR --password-fd N [--agent-uid UID] [--agent-gid GID]
  *                       -- PROGRAM ARGS...
  * Prints {"event":"bus","address":...,"daemon_pid":N}, then waits for a line "start" on
- * stdin (so a monitor can attach first), runs PROGRAM ARGS --bus ADDRESS --key-fd 3 as
- * UID, and prints one JSON line per message from it (hello, cred_request, login_result,
+ * stdin (so a monitor can attach first), runs PROGRAM --bus ADDRESS --key-fd 3 ARGS as
+ * UID (the two options right after PROGRAM), and prints one JSON line per message from it (hello, cred_request, login_result,
  * status, progress, change) or per rejected one ("rejected" with the reason). stdin
  * lines: "stop" (sends STOP), "sync [MAILBOX]" (sends SYNC_NOW). When the agent exits:
  * {"event":"exit","status":N}; then the daemon is stopped and the driver exits 0.
@@ -265,14 +265,16 @@ int main(int argc, char **argv)
                         _exit(127);
                 if (uid >= 0 && setuid((uid_t)uid) < 0)
                         _exit(127);
+                /* PROGRAM --bus ADDRESS --key-fd 3 ARGS... (options first: acs-fs stops at its mountpoint) */
                 int n = argc - optind;
                 char **args = calloc((size_t)n + 5, sizeof(char *));
-                for (int i = 0; i < n; i++)
-                        args[i] = argv[optind + i];
-                args[n] = "--bus";
-                args[n + 1] = address;
-                args[n + 2] = "--key-fd";
-                args[n + 3] = "3";
+                args[0] = argv[optind];
+                args[1] = "--bus";
+                args[2] = address;
+                args[3] = "--key-fd";
+                args[4] = "3";
+                for (int i = 1; i < n; i++)
+                        args[4 + i] = argv[optind + i];
                 execv(args[0], args);
                 _exit(127);
         }
