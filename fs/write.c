@@ -339,6 +339,27 @@ static int child_folder(fs_ctx *ctx, uint64_t parent, const char *name, int64_t 
         return r;
 }
 
+/*
+ * Drops the cached attributes (mtime) of the folder directories of mailboxes a and b (0 =
+ * none): their mtimes moved with the change. Safe before the reply: attribute
+ * invalidation takes no directory lock (the kernel itself refreshes the cur/ and new/
+ * directories a rename or unlink touched).
+ */
+static void inval_folders(fs_ctx *ctx, int64_t a, int64_t b)
+{
+        uint64_t ino[2] = { 0, 0 };
+
+        pthread_rwlock_rdlock(&ctx->tree_lock);
+        for (int i = 0; i < 2; i++) {
+                const fs_node *n = (i ? b : a) ? fs_tree_find_mailbox(ctx->tree, i ? b : a) : NULL;
+                ino[i] = n ? n->ino : 0;
+        }
+        pthread_rwlock_unlock(&ctx->tree_lock);
+        for (int i = 0; i < 2; i++)
+                if (ino[i] && (i == 0 || ino[1] != ino[0]))
+                        fuse_lowlevel_notify_inval_inode(ctx->se, ino[i], -1, 0);
+}
+
 /* The read-write store handle; call with write_lock held. */
 static acs_store *wstore(fs_ctx *ctx, int *ret_err)
 {
@@ -761,6 +782,8 @@ static int unlink_do(fs_ctx *ctx, fuse_ino_t parent, const char *name)
         }
         pthread_mutex_unlock(&ctx->write_lock);
         acs_message_clear(&m);
+        if (r == 0)
+                inval_folders(ctx, d.mailbox_id, 0);
         return r;
 }
 
@@ -830,6 +853,8 @@ out:
         acs_mdname_clear(&t);
         acs_message_clear(&m);
         acs_message_clear(&other);
+        if (r == 0)
+                inval_folders(ctx, from->mailbox_id, to->mailbox_id);
         return r;
 }
 
@@ -969,6 +994,8 @@ out:
         pthread_mutex_unlock(&ctx->write_lock);
         if (marked && unlink(marker) < 0)
                 acs_log(LOG_WARNING, "cannot remove %s: %m", marker);
+        if (r == 0)
+                inval_folders(ctx, to->mailbox_id, 0);
         acs_mdname_clear(&t);
 out_free:
         free(data);
