@@ -7,7 +7,8 @@ instead of the real instances) with a config in a temporary directory, and drive
 as clients do: protocol, sessions and tokens, failed-login delays, caps, 1,000 idle
 connections, a client that does not read, oversized lines, expiry, shutdown.
 TAP output; needs root (acsd refuses otherwise; peers of another uid are made with
-setuid in a child). Usage: test-server.py PATH/TO/acsd-fake
+setuid in a child). Usage: test-server.py PATH/TO/acsd-fake. In CI the scenarios run
+through tests/integration/test_ctl_server.py (plain and ASan trees).
 """
 
 import os
