@@ -437,9 +437,13 @@ def test_maildirpp_layout(tree):
     os.rename(tree.root / '.Lists', tree.root / '.Groups')
     assert p.name in names(tree.root / '.Groups' / 'cur')
     assert '.Groups.Debian' in names(tree.root)
+    (tree.root / 'tmp' / 'x.1').write_bytes(b'Subject: pp\n\n')
+    os.rename(tree.root / 'tmp' / 'x.1', tree.root / 'new' / 'x.1')
+    assert one(tree.root / 'new', 'x.1') == 'x.1,S=13,W=15:2,'
+    os.rename(tree.root / 'new' / 'x.1', tree.root / 'cur' / 'x.1:2,S')
     assert [(o['kind'], o['name'], o['new_name']) for o in ops(tree)] == [
         (CREATE, 'Lists', None), (CREATE, 'Lists.Debian', None), (MOVE, 'INBOX', 'Lists'),
-        (RENAME, 'Lists', 'Groups')]
+        (RENAME, 'Lists', 'Groups'), (APPEND, 'INBOX', None), (FLAGS, 'INBOX', None)]
 
 
 # ---- what has no mail meaning ----
