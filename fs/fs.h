@@ -99,6 +99,7 @@ typedef struct fs_ctx {
         enum acs_layout layout;
         uid_t uid;
         gid_t gid;
+        mode_t mode;            /* directories' permission bits (--mode); files get its read bits */
         double entry_timeout;   /* seconds the kernel may keep names and attributes */
         struct fuse_session *se;
         bool allow_no_open;     /* --open-calls=skip (default): let the kernel skip opens */

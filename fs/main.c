@@ -66,7 +66,8 @@ static void usage(FILE *f)
 {
         fprintf(f,
                 "usage: acs-fs --db PATH [--layout fs|maildir++] [--timeout SECONDS]\n"
-                "              [--open-calls skip|send] [--read-only] [--spool DIR] [--owner UID:GID]\n"
+                "              [--open-calls skip|send] [--read-only] [--spool DIR]\n"
+                "              [--owner UID:GID] [--mode MODE]\n"
                 "              [--log-level LEVEL] [-o FUSE-OPTIONS] [-f] [-d] [-s] MOUNTPOINT\n"
                 "Mounts the acs cache PATH as a Maildir tree; what clients change there goes to\n"
                 "the cache's op log (acs-syncd replays it to the server).\n"
@@ -74,6 +75,8 @@ static void usage(FILE *f)
                 "  --spool       where files of tmp/ directories live (default PATH.spool)\n"
                 "  --owner       owner and group shown for every file (default: this process's);\n"
                 "                with default_permissions they decide who may read and write\n"
+                "  --mode        permission bits of directories (default 0755; write bits are\n"
+                "                dropped with --read-only); message files get its read bits\n"
                 "  --layout      fs (INBOX/, Archive/2024/; default) or maildir++ (.Archive.2024/)\n"
                 "  --timeout     seconds the kernel keeps names and attributes (default 3600;\n"
                 "                changes are invalidated as they are committed)\n"
@@ -93,6 +96,7 @@ int main(int argc, char **argv)
                 { "read-only", no_argument, NULL, 'R' },
                 { "spool", required_argument, NULL, 'S' },
                 { "owner", required_argument, NULL, 'U' },
+                { "mode", required_argument, NULL, 'M' },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -102,6 +106,7 @@ int main(int argc, char **argv)
                 .uid = getuid(),
                 .gid = getgid(),
                 .allow_no_open = true,
+                .mode = 0755,
         };
         struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
         struct fuse_cmdline_opts opts = { 0 };
@@ -155,6 +160,17 @@ int main(int argc, char **argv)
                 case 'S':
                         spool = optarg;
                         break;
+                case 'M': {
+                        char *end;
+                        errno = 0;
+                        unsigned long m = strtoul(optarg, &end, 8);
+                        if (errno || end == optarg || *end || m > 07777) {
+                                fprintf(stderr, "acs-fs: --mode takes octal permission bits (e.g. 0750)\n");
+                                return 2;
+                        }
+                        ctx.mode = (mode_t)m;
+                        break;
+                }
                 case 'U': {
                         unsigned long u, g;
                         char *end;

@@ -25,7 +25,7 @@ void fs_stat_message(const fs_ctx *ctx, const acs_message *m, struct stat *st)
 {
         *st = (struct stat){
                 .st_ino = fs_ino_message(m->id),
-                .st_mode = S_IFREG | 0444,
+                .st_mode = S_IFREG | (ctx->mode & 0444),
                 .st_nlink = 1,
                 .st_uid = ctx->uid,
                 .st_gid = ctx->gid,
@@ -42,7 +42,7 @@ static void stat_dir(const fs_ctx *ctx, uint64_t ino, unsigned nsubdirs, int64_t
 {
         *st = (struct stat){
                 .st_ino = ino,
-                .st_mode = S_IFDIR | (ctx->read_only ? 0555 : 0755),
+                .st_mode = S_IFDIR | (ctx->read_only ? ctx->mode & ~0222u : ctx->mode),
                 .st_nlink = 2 + nsubdirs,
                 .st_uid = ctx->uid,
                 .st_gid = ctx->gid,

@@ -518,6 +518,35 @@ def test_read_only_mount_refuses_every_write(tree):
     assert ops(tree) == []
 
 
+def test_owner_and_mode_options(tree):
+    """--owner/--mode (acsd passes [tree] owner, group and mode): shown on every file, and
+    with default_permissions they decide who may write."""
+    import stat as st_
+    tree.mount.stop_clean()
+    tree.mount = None
+    start(tree, extra=('--owner', '65534:65534', '--mode', '0750'))
+    inbox = tree.root / 'INBOX'
+    p = by_subject(tree, inbox, 'one')
+    for d in (tree.root, inbox, inbox / 'cur', inbox / 'tmp'):
+        s = d.stat()
+        assert (st_.S_IMODE(s.st_mode), s.st_uid, s.st_gid) == (0o750, 65534, 65534), d
+    s = p.stat()
+    assert (st_.S_IMODE(s.st_mode), s.st_uid, s.st_gid) == (0o440, 65534, 65534)
+    # a user who is neither owner nor in the group may not even look
+    r = subprocess.run(['setpriv', '--reuid=12345', '--regid=12345', '--clear-groups', 'ls', str(inbox / 'cur')],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and 'Permission denied' in r.stderr, r
+    # the owner may write: a flag change as uid 65534
+    r = subprocess.run(['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', 'mv', str(p),
+                        str(inbox / 'cur' / (base_of(p.name) + ':2,FS'))], capture_output=True, text=True)
+    assert r.returncode == 0, r
+    assert [(o['kind'], o['flags_add']) for o in ops(tree)] == [(FLAGS, F)]
+    for bad in (('--mode', '0999'), ('--mode', '17777'), ('--owner', '1'), ('--owner', 'a:b')):
+        r = subprocess.run([paths.binary('acs-fs'), '--db', str(tree.db), *bad, str(tree.base / 'x')],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and bad[0] in r.stderr, (bad, r)
+
+
 # ---- crash safety of an append ----
 
 def _kill_at_first(t, syscall):
