@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -47,6 +48,13 @@ static int check_opts(const acs_bus_daemon_opts *o)
                         return -EINVAL;
         if (o->n_agent_uids && !o->agent_uids)
                 return -EINVAL;
+        if (o->daemon_user) {
+                if (!*o->daemon_user || strlen(o->daemon_user) > 32)
+                        return -EINVAL;
+                for (const char *p = o->daemon_user; *p; p++)
+                        if (!(isalnum((unsigned char)*p) || strchr("._-", *p)))
+                                return -EINVAL;
+        }
         return 0;
 }
 
@@ -103,12 +111,14 @@ int acs_bus_daemon_config(const acs_bus_daemon_opts *o, char **ret)
             "  <type>acs</type>\n"
             "  <listen>unix:path=%s/" SOCKET_NAME "</listen>\n"
             "  <auth>EXTERNAL</auth>\n"
+            "%s%s%s"
             "  <policy context=\"default\">\n"
             "    <!-- who may connect -->\n"
             "    <deny user=\"*\"/>\n"
             "    <allow user=\"root\"/>\n"
             "    <allow user=\"%u\"/>\n",
-            o->dir, (unsigned)o->owner_uid);
+            o->dir, o->daemon_user ? "  <user>" : "", o->daemon_user ? o->daemon_user : "",
+            o->daemon_user ? "</user>\n" : "", (unsigned)o->owner_uid);
         if (o->n_agent_uids == 0)
                 put(&b, &len, &err, "    <allow user=\"*\"/>\n");
         for (size_t i = 0; i < o->n_agent_uids; i++)
@@ -209,6 +219,34 @@ static int write_file(const char *path, const char *text)
                 return e;
         }
         return 0;
+}
+
+/* Waits until process pid runs as user (real and effective uid). 0, -ENOENT (no such user), -ETIMEDOUT. */
+static int wait_for_uid(pid_t pid, const char *user, int64_t deadline)
+{
+        struct passwd pwbuf, *pw = NULL;
+        char buf[1024];
+        if (getpwnam_r(user, &pwbuf, buf, sizeof(buf), &pw) != 0 || !pw)
+                return -ENOENT;
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+        for (;;) {
+                FILE *f = fopen(path, "re");
+                if (!f)
+                        return -ESRCH;
+                char line[256];
+                unsigned long ruid = ULONG_MAX, euid = ULONG_MAX;
+                while (fgets(line, sizeof(line), f))
+                        if (!strncmp(line, "Uid:", 4))
+                                sscanf(line + 4, "%lu %lu", &ruid, &euid);
+                fclose(f);
+                if (ruid == pw->pw_uid && euid == pw->pw_uid)
+                        return 0;
+                if (mono_ms() > deadline)
+                        return -ETIMEDOUT;
+                struct timespec ts = {0, 1000 * 1000};
+                nanosleep(&ts, NULL);
+        }
 }
 
 int acs_bus_daemon_start(const acs_bus_daemon_opts *o, char **ret_address, pid_t *ret_pid)
@@ -330,6 +368,14 @@ int acs_bus_daemon_start(const acs_bus_daemon_opts *o, char **ret_address, pid_t
         long dpid = strtol(pidline, &end, 10);
         if (errno || end == pidline || *end || dpid <= 1 || dpid > INT_MAX || strncmp(buf, "unix:", 5) != 0)
                 return -EIO;
+        if (o->daemon_user) {
+                /* it switches user after printing: wait until it did (or give up on it) */
+                r = wait_for_uid((pid_t)dpid, o->daemon_user, deadline);
+                if (r < 0) {
+                        (void)acs_bus_daemon_stop((pid_t)dpid);
+                        return r;
+                }
+        }
         char *addr = strdup(buf);
         if (!addr)
                 return -ENOMEM;

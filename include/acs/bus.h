@@ -41,13 +41,17 @@ typedef struct acs_bus_daemon_opts {
         size_t n_agent_uids;      /* ...; 0: any uid may connect (sending is still restricted) */
         uid_t owner_uid;          /* the uid that may own ACS_BUS_NAME (acsd's; usually 0) */
         const char *daemon_path;  /* NULL: "dbus-daemon" found through PATH */
+        const char *daemon_user;  /* NULL: the daemon keeps the caller's uid; else it switches
+                                   * to this user (<user>, e.g. "messagebus") after it made
+                                   * its socket: a bug in it no longer runs as root */
 } acs_bus_daemon_opts;
 
 /*
  * Writes <dir>/bus.conf (see acs_bus_daemon_config) and starts `dbus-daemon --fork
  * --print-address --print-pid` on it. On success *ret_address (malloc'd, e.g.
  * "unix:path=/run/acs/bus/bus.sock,guid=...") and *ret_pid (the forked daemon, not a child
- * of the caller: stop it with acs_bus_daemon_stop). Waits at most 10 s for it to start.
+ * of the caller: stop it with acs_bus_daemon_stop). Waits at most 10 s for it to start
+ * (with daemon_user: until it runs as that user).
  * 0, -EINVAL (bad opts, path too long), -ENOENT (no dbus-daemon), -EIO (it failed to start:
  * its stderr went to the caller's), -ETIMEDOUT, -ENOMEM, -errno.
  */

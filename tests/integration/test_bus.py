@@ -40,14 +40,15 @@ def _bin(name):
 class Driver:
     """acs-bus-driver running one acs-syncd as nobody; events() as parsed JSON lines."""
 
-    def __init__(self, dir, password, agent_args):
+    def __init__(self, dir, password, agent_args, daemon_user=None):
         self.dir = dir
         rfd, wfd = os.pipe()
         os.write(wfd, password.encode() + b'\n')
         os.close(wfd)
         self.proc = subprocess.Popen(
             [_bin('acs-bus-driver'), '--dir', str(dir / 'bus'), '--password-fd', str(rfd),
-             '--agent-uid', str(NOBODY.pw_uid), '--agent-gid', str(NOBODY.pw_gid), '--', *agent_args],
+             '--agent-uid', str(NOBODY.pw_uid), '--agent-gid', str(NOBODY.pw_gid),
+             *(['--daemon-user', daemon_user] if daemon_user else []), '--', *agent_args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(dir / 'driver.log', 'wb'),
             pass_fds=(rfd,), start_new_session=True)
         os.close(rfd)
@@ -156,7 +157,9 @@ def test_login_over_bus_password_never_on_the_bus(harness_tmp):
     d = None
     mon = None
     try:
-        d = Driver(harness_tmp, password, args)
+        # the daemon runs as messagebus (not root); root can still monitor it
+        d = Driver(harness_tmp, password, args, daemon_user='messagebus')
+        assert os.stat(f'/proc/{d.daemon_pid}').st_uid == pwd.getpwnam('messagebus').pw_uid
         mon = Monitor(d.address, harness_tmp / 'bus.pcap')
         d.say('start')
         pid = _agent_pid(d)

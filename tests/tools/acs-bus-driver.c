@@ -23,6 +23,7 @@
 
 /*
  * usage: acs-bus-driver --dir DIR --password-fd N [--agent-uid UID] [--agent-gid GID]
+ *                       [--daemon-user USER]
  *                       -- PROGRAM ARGS...
  * Prints {"event":"bus","address":...,"daemon_pid":N}, then waits for a line "start" on
  * stdin (so a monitor can attach first), runs PROGRAM --bus ADDRESS --key-fd 3 ARGS as
@@ -190,9 +191,10 @@ int main(int argc, char **argv)
                 {"password-fd", required_argument, NULL, 'p'},
                 {"agent-uid", required_argument, NULL, 'u'},
                 {"agent-gid", required_argument, NULL, 'g'},
+                {"daemon-user", required_argument, NULL, 'U'},
                 {0},
         };
-        const char *dir = NULL;
+        const char *dir = NULL, *daemon_user = NULL;
         int pwfd = -1;
         long uid = -1, gid = -1;
         int c;
@@ -202,6 +204,7 @@ int main(int argc, char **argv)
                 case 'p': pwfd = atoi(optarg); break;
                 case 'u': uid = atol(optarg); break;
                 case 'g': gid = atol(optarg); break;
+                case 'U': daemon_user = optarg; break;
                 default: return 64;
                 }
         }
@@ -218,7 +221,8 @@ int main(int argc, char **argv)
         setvbuf(stdin, NULL, _IONBF, 0); /* one line per poll wake-up: nothing left in a buffer */
         uid_t agent_uids[1] = {(uid_t)uid};
         acs_bus_daemon_opts o = {.dir = dir, .max_agents = 16, .owner_uid = geteuid(),
-                                 .agent_uids = agent_uids, .n_agent_uids = uid >= 0 ? 1 : 0};
+                                 .agent_uids = agent_uids, .n_agent_uids = uid >= 0 ? 1 : 0,
+                                 .daemon_user = daemon_user};
         char *address = NULL;
         pid_t dpid = 0;
         int r = acs_bus_daemon_start(&o, &address, &dpid);

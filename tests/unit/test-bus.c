@@ -947,6 +947,44 @@ TEST(connections_per_uid_capped)
         fx_teardown(&f);
 }
 
+TEST(daemon_drops_to_its_user)
+{
+        /* with daemon_user the daemon runs as that user, and everything still works */
+        if (!getpwnam("messagebus")) {
+                printf("# no user messagebus (Debian's dbus package makes it); FAILING\n");
+                CHECK(false);
+                return;
+        }
+        fixture f;
+        memset(&f, 0, sizeof(f));
+        CHECK(acs_wire_init() == 0);
+        snprintf(f.dir, sizeof(f.dir), "/tmp/acs-bus-XXXXXX");
+        CHECK(mkdtemp(f.dir) && chmod(f.dir, 0755) == 0);
+        acs_bus_daemon_opts o = {.dir = f.dir, .max_agents = 8, .owner_uid = 0, .daemon_user = "messagebus"};
+        _cleanup_free_ char *conf = NULL;
+        CHECK_INT(acs_bus_daemon_config(&o, &conf), 0);
+        CHECK(conf && strstr(conf, "<user>messagebus</user>"));
+        CHECK_INT(acs_bus_daemon_start(&o, &f.address, &f.daemon_pid), 0);
+        char path[64], line[256];
+        snprintf(path, sizeof(path), "/proc/%d/status", (int)f.daemon_pid);
+        FILE *st = fopen(path, "r");
+        unsigned ruid = 0, euid = 0;
+        while (st && fgets(line, sizeof(line), st))
+                if (!strncmp(line, "Uid:", 4))
+                        sscanf(line + 4, "%u %u", &ruid, &euid);
+        if (st)
+                fclose(st);
+        CHECK_INT(euid, getpwnam("messagebus")->pw_uid);
+        CHECK_INT(ruid, getpwnam("messagebus")->pw_uid);
+        CHECK_INT(acs_bus_connect(f.address, &f.bus), 0);
+        if (f.bus)
+                CHECK_INT(acs_bus_request_name(f.bus, ACS_BUS_NAME), 0);
+        acs_bus_daemon_opts bad = {.dir = f.dir, .max_agents = 8, .daemon_user = "a<b"};
+        char *x = NULL;
+        CHECK_INT(acs_bus_daemon_config(&bad, &x), -EINVAL);
+        fx_teardown(&f);
+}
+
 TEST(unknown_uid_refused)
 {
         /* dbus-daemon denies a uid without a passwd entry before any <allow user> rule:
