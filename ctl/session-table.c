@@ -401,11 +401,8 @@ int acs_ratelimit_check(acs_ratelimit *rl, const char *user, uid_t uid, uint64_t
 {
         uint64_t wait = 0;
         struct rl_key *ku = rl_get(rl, ACS_RL_USER, user, uid, now);
-        struct rl_key *ki = rl_get(rl, ACS_RL_UID, user, uid, now);
         if (ku && ku->blocked_until > now)
                 wait = ku->blocked_until - now;
-        if (ki && ki->blocked_until > now && ki->blocked_until - now > wait)
-                wait = ki->blocked_until - now;
         if (wait == 0)
                 return 0;
         if (ret_retry_usec)

@@ -81,11 +81,14 @@ int acs_session_foreach(acs_session_table *t, int (*fn)(void *ud, acs_session *s
 
 /*
  * Counts failed logins per key (a user name, or a peer uid) and says how long the answer
- * to the next failure must wait, and until when new attempts are refused:
+ * to the next failure must wait:
  *   failures 1..limit:  no delay;
  *   failure limit+k:    delay min(2^(k-1) s, max_delay) (1 s, 2 s, 4 s, ...);
- * and after a delayed failure, new attempts with that key are refused ("ERR limit")
- * until that delay has passed since it. A key is forgotten `forget` after its last
+ * the larger of the user's and the uid's delay applies. After a delayed failure, new
+ * attempts for that USER are refused ("ERR limit", from any uid) until the delay has
+ * passed. A uid's count only delays its failures' answers: it does not refuse the uid's
+ * other attempts, since one uid (a webmail's) may carry the logins of many people, and
+ * one of them mistyping must not lock out the others. A key is forgotten `forget` after its last
  * failure (failures decay), or when a login for that user succeeds (user keys only: a
  * peer uid's count is not reset by a success, so an attacker cannot launder its own
  * failures with logins to an account of its own). The table holds at most max_keys keys;
@@ -100,8 +103,8 @@ int acs_ratelimit_new(unsigned limit, uint64_t max_delay_usec, uint64_t forget_u
 acs_ratelimit *acs_ratelimit_free(acs_ratelimit *rl);
 
 /*
- * Whether an attempt for user from uid may go ahead now: 0, or -EAGAIN with
- * *ret_retry_usec = how long until it may (the larger of the two keys' waits).
+ * Whether an attempt for user (from uid) may go ahead now: 0, or -EAGAIN with
+ * *ret_retry_usec = how long until it may (user's delay still running).
  */
 int acs_ratelimit_check(acs_ratelimit *rl, const char *user, uid_t uid, uint64_t now,
                         uint64_t *ret_retry_usec);

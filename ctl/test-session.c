@@ -154,14 +154,19 @@ TEST(ratelimit_delays_grow_and_cap)
                 CHECK_INT(acs_ratelimit_check(rl, "bob", 1000, now, &retry), 0);
                 uint64_t d = acs_ratelimit_fail(rl, "bob", 1000, now);
                 CHECK_INT(d, want[i] * SEC);
-                /* meanwhile new attempts are refused, from any uid for bob, and for any user from uid 1000 */
+                /* meanwhile new attempts for bob are refused, from any uid; other users
+                 * from uid 1000 may still try (their failures are delayed: see below) */
                 CHECK_INT(acs_ratelimit_check(rl, "bob", 1000, now + 1, &retry), -EAGAIN);
                 CHECK_INT(retry, want[i] * SEC - 1);
                 CHECK_INT(acs_ratelimit_check(rl, "bob", 2000, now + 1, &retry), -EAGAIN);
-                CHECK_INT(acs_ratelimit_check(rl, "carol", 1000, now + 1, &retry), -EAGAIN);
+                CHECK_INT(acs_ratelimit_check(rl, "carol", 1000, now + 1, &retry), 0);
                 CHECK_INT(acs_ratelimit_check(rl, "carol", 2000, now + 1, &retry), 0);
                 now += want[i] * SEC;
         }
+        /* uid 1000's count is past the limit: carol's first failure from it is delayed
+         * (the cap), carol's first from another uid is not */
+        CHECK_INT(acs_ratelimit_fail(rl, "carol", 1000, now), 8 * SEC);
+        CHECK_INT(acs_ratelimit_fail(rl, "dave", 2000, now), 0);
         acs_ratelimit_free(rl);
 }
 
