@@ -132,7 +132,8 @@ int main(int argc, char **argv)
                                 ctx.layout = ACS_LAYOUT_MAILDIRPP;
                         else {
                                 fprintf(stderr, "acs-fs: unknown layout '%s' (fs or maildir++)\n", optarg);
-                                return 2;
+                                ret = 2;
+                                goto out_args;
                         }
                         break;
                 case 'T': {
@@ -140,7 +141,8 @@ int main(int argc, char **argv)
                         ctx.entry_timeout = strtod(optarg, &end);
                         if (*end || ctx.entry_timeout < 0) {
                                 fprintf(stderr, "acs-fs: bad --timeout '%s'\n", optarg);
-                                return 2;
+                                ret = 2;
+                                goto out_args;
                         }
                         break;
                 }
@@ -151,7 +153,8 @@ int main(int argc, char **argv)
                                 ctx.allow_no_open = false;
                         else {
                                 fprintf(stderr, "acs-fs: --open-calls takes skip or send\n");
-                                return 2;
+                                ret = 2;
+                                goto out_args;
                         }
                         break;
                 case 'R':
@@ -166,7 +169,8 @@ int main(int argc, char **argv)
                         unsigned long m = strtoul(optarg, &end, 8);
                         if (errno || end == optarg || *end || m > 07777) {
                                 fprintf(stderr, "acs-fs: --mode takes octal permission bits (e.g. 0750)\n");
-                                return 2;
+                                ret = 2;
+                                goto out_args;
                         }
                         ctx.mode = (mode_t)m;
                         break;
@@ -178,13 +182,15 @@ int main(int argc, char **argv)
                         u = strtoul(optarg, &end, 10);
                         if (errno || end == optarg || *end != ':' || u >= (uid_t)-1) {
                                 fprintf(stderr, "acs-fs: --owner takes UID:GID\n");
-                                return 2;
+                                ret = 2;
+                                goto out_args;
                         }
                         const char *gs = end + 1;
                         g = strtoul(gs, &end, 10);
                         if (errno || end == gs || *end || g >= (gid_t)-1) {
                                 fprintf(stderr, "acs-fs: --owner takes UID:GID\n");
-                                return 2;
+                                ret = 2;
+                                goto out_args;
                         }
                         ctx.uid = (uid_t)u;
                         ctx.gid = (gid_t)g;
@@ -193,36 +199,40 @@ int main(int argc, char **argv)
                 case 'l':
                         if (acs_log_parse_level(optarg, &prio) < 0) {
                                 fprintf(stderr, "acs-fs: bad --log-level '%s'\n", optarg);
-                                return 2;
+                                ret = 2;
+                                goto out_args;
                         }
                         break;
                 case 'o':
                         if (fuse_opt_add_arg(&args, "-o") < 0 || fuse_opt_add_arg(&args, optarg) < 0)
-                                return 1;
+                                goto out_args;
                         break;
                 case 'f':
                         if (fuse_opt_add_arg(&args, "-f") < 0)
-                                return 1;
+                                goto out_args;
                         break;
                 case 'd':
                         if (fuse_opt_add_arg(&args, "-d") < 0)
-                                return 1;
+                                goto out_args;
                         break;
                 case 's':
                         if (fuse_opt_add_arg(&args, "-s") < 0)
-                                return 1;
+                                goto out_args;
                         break;
                 case 'h':
                         usage(stdout);
-                        return 0;
+                        ret = 0;
+                        goto out_args;
                 default:
                         usage(stderr);
-                        return 2;
+                        ret = 2;
+                        goto out_args;
                 }
         }
         if (!db || optind != argc - 1) {
                 usage(stderr);
-                return 2;
+                ret = 2;
+                goto out_args;
         }
         if (fuse_opt_add_arg(&args, argv[optind]) < 0 ||
             fuse_opt_add_arg(&args, "-o") < 0 ||
