@@ -92,7 +92,7 @@ def test_sync_progress(dovecot, harness_tmp, corpus):
             for i in range(3):
                 imap.append('INBOX', None, None,
                             f'Subject: sync-now {i}\r\nMessage-ID: <s{i}@t>\r\n\r\nbody {i}\r\n'.encode())
-        r = a.acsctl('sync', 'user1', 'INBOX')
+        r = a.acsctl('-t', '30', 'sync', 'user1', 'INBOX')
         assert r.returncode == 0, r.stderr.decode() + a.log_tail()
         assert b'sync:' in r.stderr
         # After OK SYNC the new mail is in the cache; the tree shows it as soon as acs-fs's
