@@ -40,7 +40,7 @@ def _bin(name):
 class Driver:
     """acs-bus-driver running one acs-syncd as nobody; events() as parsed JSON lines."""
 
-    def __init__(self, dir, password, agent_args, daemon_user=None):
+    def __init__(self, dir, password, agent_args, daemon_user=None, hold_cred=False):
         self.dir = dir
         rfd, wfd = os.pipe()
         os.write(wfd, password.encode() + b'\n')
@@ -48,7 +48,8 @@ class Driver:
         self.proc = subprocess.Popen(
             [_bin('acs-bus-driver'), '--dir', str(dir / 'bus'), '--password-fd', str(rfd),
              '--agent-uid', str(NOBODY.pw_uid), '--agent-gid', str(NOBODY.pw_gid),
-             *(['--daemon-user', daemon_user] if daemon_user else []), '--', *agent_args],
+             *(['--daemon-user', daemon_user] if daemon_user else []),
+             *(['--hold-cred'] if hold_cred else []), '--', *agent_args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(dir / 'driver.log', 'wb'),
             pass_fds=(rfd,), start_new_session=True)
         os.close(rfd)
@@ -250,4 +251,27 @@ def test_stop_while_waiting_and_bad_handover(harness_tmp):
         assert r.returncode == 64, r.stderr
         assert b'bad key handover' in r.stderr
     finally:
+        dv.close()
+
+
+def test_stop_while_waiting_for_the_password(harness_tmp):
+    """acsd has not answered the CRED_REQUEST yet (e.g. the session was closed meanwhile):
+    STOP still ends the agent at once, cleanly, without a login."""
+    dv, args = _setup(harness_tmp, 'pw-' + secrets.token_hex(8), nmsg=1)
+    d = None
+    try:
+        d = Driver(harness_tmp, 'unused', args, hold_cred=True)
+        d.say('start')
+        _agent_pid(d)
+        d.wait('cred_request', 30)
+        time.sleep(0.3)
+        t = time.monotonic()
+        d.say('stop')
+        e = d.wait('exit', 20)
+        assert e['status'] == 0, e
+        assert time.monotonic() - t < 5
+        assert not [e for e in d.events if e['event'] in ('cred_sent', 'login_result')], d.events
+    finally:
+        if d:
+            d.close()
         dv.close()

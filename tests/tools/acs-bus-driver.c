@@ -23,13 +23,14 @@
 
 /*
  * usage: acs-bus-driver --dir DIR --password-fd N [--agent-uid UID] [--agent-gid GID]
- *                       [--daemon-user USER]
+ *                       [--daemon-user USER] [--hold-cred]
  *                       -- PROGRAM ARGS...
  * Prints {"event":"bus","address":...,"daemon_pid":N}, then waits for a line "start" on
  * stdin (so a monitor can attach first), runs PROGRAM --bus ADDRESS --key-fd 3 ARGS as
  * UID (the two options right after PROGRAM), and prints one JSON line per message from it (hello, cred_request, login_result,
  * status, progress, change) or per rejected one ("rejected" with the reason). stdin
- * lines: "stop" (sends STOP), "sync [MAILBOX]" (sends SYNC_NOW). When the agent exits:
+ * lines: "stop" (sends STOP), "sync [MAILBOX]" (sends SYNC_NOW), "cred" (sends CRED; with
+ * --hold-cred a CRED_REQUEST is not answered until then). When the agent exits:
  * {"event":"exit","status":N}; then the daemon is stopped and the driver exits 0.
  * Test code only (tests/integration/test_bus.py), until acsd does this for real.
  */
@@ -43,8 +44,8 @@ static char agent_name[128];
 static char *password;
 static size_t password_len;
 static unsigned cred_sent;
-
 static void out(const char *fmt, ...) ACS_PRINTF(1, 2);
+static void send_to_agent(enum acs_wire_purpose p, const void *payload, size_t len);
 static void out(const char *fmt, ...)
 {
         va_list ap;
@@ -67,6 +68,19 @@ static void send_to_agent(enum acs_wire_purpose p, const void *payload, size_t l
         if (r < 0 || !agent_name[0])
                 out("{\"event\":\"send_failed\",\"purpose\":\"%s\",\"error\":\"%s\"}", acs_wire_purpose_name(p),
                     agent_name[0] ? strerror(-r) : "no agent yet");
+}
+
+static bool hold_cred; /* answer CRED_REQUEST only on a "cred" line */
+
+static void send_cred(void)
+{
+        uint8_t *payload = NULL;
+        if (acs_agent_cred_pack(password, password_len, &payload) == 0) {
+                send_to_agent(ACS_WIRE_P_CRED, payload, ACS_AGENT_CRED_SIZE);
+                acs_secret_free(payload);
+                cred_sent++;
+                out("{\"event\":\"cred_sent\",\"count\":%u}", cred_sent);
+        }
 }
 
 static void on_message(void *ud, const char *sender, const uint8_t *msg, size_t len)
@@ -110,13 +124,8 @@ static void on_message(void *ud, const char *sender, const uint8_t *msg, size_t 
         }
         case ACS_WIRE_P_CRED_REQUEST: {
                 out("{\"event\":\"cred_request\"}");
-                uint8_t *payload = NULL;
-                if (acs_agent_cred_pack(password, password_len, &payload) == 0) {
-                        send_to_agent(ACS_WIRE_P_CRED, payload, ACS_AGENT_CRED_SIZE);
-                        acs_secret_free(payload);
-                        cred_sent++;
-                        out("{\"event\":\"cred_sent\",\"count\":%u}", cred_sent);
-                }
+                if (!hold_cred)
+                        send_cred();
                 break;
         }
         case ACS_WIRE_P_LOGIN_RESULT: {
@@ -192,6 +201,7 @@ int main(int argc, char **argv)
                 {"agent-uid", required_argument, NULL, 'u'},
                 {"agent-gid", required_argument, NULL, 'g'},
                 {"daemon-user", required_argument, NULL, 'U'},
+                {"hold-cred", no_argument, NULL, 'H'},
                 {0},
         };
         const char *dir = NULL, *daemon_user = NULL;
@@ -205,6 +215,7 @@ int main(int argc, char **argv)
                 case 'u': uid = atol(optarg); break;
                 case 'g': gid = atol(optarg); break;
                 case 'U': daemon_user = optarg; break;
+                case 'H': hold_cred = true; break;
                 default: return 64;
                 }
         }
@@ -305,6 +316,8 @@ int main(int argc, char **argv)
                 if (p[1].revents) {
                         if (!fgets(line, sizeof(line), stdin)) {
                                 stdin_open = false;
+                        } else if (!strncmp(line, "cred", 4)) {
+                                send_cred();
                         } else if (!strncmp(line, "stop", 4)) {
                                 send_to_agent(ACS_WIRE_P_STOP, NULL, 0);
                         } else if (!strncmp(line, "sync", 4)) {

@@ -187,6 +187,94 @@ static int wait_child(pid_t pid, int timeout_ms)
 
 /* ---- tests ---- */
 
+TEST(payload_parsers)
+{
+        /* round trips, and every other length rejected; random bytes never crash a parser and
+         * what a parser accepts has its fields in range */
+        uint8_t buf[ACS_AGENT_CRED_SIZE + 8];
+        enum acs_agent_kind kind;
+        enum acs_agent_login lr;
+        enum acs_agent_progress pe;
+        enum acs_agent_state st;
+        uint32_t u32;
+        uint64_t a, b;
+        char *s = NULL;
+        size_t n;
+        CHECK_INT(acs_wire_init(), 0);
+        acs_agent_hello_pack(ACS_AGENT_FS, 4242, buf);
+        CHECK_INT(acs_agent_hello_parse(buf, 8, &kind, &u32), 0);
+        CHECK_INT(kind, ACS_AGENT_FS);
+        CHECK_INT(u32, 4242);
+        acs_agent_login_pack(ACS_AGENT_LOGIN_REJECTED, 77, buf);
+        CHECK_INT(acs_agent_login_parse(buf, 8, &lr, &u32), 0);
+        CHECK_INT(lr, ACS_AGENT_LOGIN_REJECTED);
+        CHECK_INT(u32, 77);
+        acs_agent_progress_pack(ACS_AGENT_PROGRESS_SYNCING, 5, 9, buf);
+        CHECK_INT(acs_agent_progress_parse(buf, 20, &pe, &a, &b), 0);
+        CHECK(pe == ACS_AGENT_PROGRESS_SYNCING && a == 5 && b == 9);
+        acs_agent_status_pack(ACS_AGENT_STATE_OFFLINE, 3, buf);
+        CHECK_INT(acs_agent_status_parse(buf, 8, &st, &u32), 0);
+        CHECK(st == ACS_AGENT_STATE_OFFLINE && u32 == 3);
+        acs_agent_change_pack(123456789012ull, buf);
+        CHECK_INT(acs_agent_change_parse(buf, 8, &a), 0);
+        CHECK_INT(a, 123456789012ull);
+        uint8_t *c = NULL;
+        CHECK_INT(acs_agent_cred_pack("pw\x01\xff", 4, &c), 0);
+        CHECK_INT(acs_agent_cred_parse(c, ACS_AGENT_CRED_SIZE, &s, &n), 0);
+        CHECK(s && n == 4 && !memcmp(s, "pw\x01\xff", 5));
+        s = acs_secret_free(s);
+        CHECK_INT(acs_agent_cred_parse(c, ACS_AGENT_CRED_SIZE - 1, &s, &n), -EBADMSG);
+        c[ACS_AGENT_CRED_SIZE - 1] = 1; /* padding must be zero */
+        CHECK_INT(acs_agent_cred_parse(c, ACS_AGENT_CRED_SIZE, &s, &n), -EBADMSG);
+        acs_secret_free(c);
+        CHECK_INT(acs_agent_cred_pack("", 0, &c), -EINVAL);
+        CHECK_INT(acs_agent_cred_pack("a\0b", 3, &c), -EINVAL);
+        char big[ACS_AGENT_PASSWORD_MAX + 2];
+        memset(big, 'x', sizeof(big));
+        CHECK_INT(acs_agent_cred_pack(big, ACS_AGENT_PASSWORD_MAX + 1, &c), -EINVAL);
+        CHECK_INT(acs_agent_cred_pack(big, ACS_AGENT_PASSWORD_MAX, &c), 0);
+        acs_secret_free(c);
+        for (size_t len = 0; len < 40; len++) {
+                if (len != 8) {
+                        CHECK_INT(acs_agent_hello_parse(buf, len, &kind, &u32), -EBADMSG);
+                        CHECK_INT(acs_agent_login_parse(buf, len, &lr, &u32), -EBADMSG);
+                        CHECK_INT(acs_agent_status_parse(buf, len, &st, &u32), -EBADMSG);
+                        CHECK_INT(acs_agent_change_parse(buf, len, &a), -EBADMSG);
+                }
+                if (len != 20)
+                        CHECK_INT(acs_agent_progress_parse(buf, len, &pe, &a, &b), -EBADMSG);
+        }
+        CHECK_INT(acs_agent_sync_now_parse((const uint8_t *)"IN\0X", 4, &s), -EBADMSG);
+        CHECK_INT(acs_agent_sync_now_parse((const uint8_t *)"", 0, &s), 0);
+        CHECK(s == NULL);
+        CHECK_INT(acs_agent_sync_now_parse(buf, ACS_AGENT_MAILBOX_MAX + 1, &s), -EBADMSG);
+        unsigned accepted = 0;
+        for (int i = 0; i < 200000; i++) {
+                randombytes_buf(buf, 20);
+                if (i & 1) /* small values, so that some are in range */
+                        for (int j = 0; j < 20; j += 4)
+                                buf[j] = buf[j + 1] = buf[j + 2] = 0, buf[j + 3] &= 7;
+                if (acs_agent_hello_parse(buf, 8, &kind, &u32) == 0) {
+                        CHECK(kind == ACS_AGENT_SYNCD || kind == ACS_AGENT_FS);
+                        CHECK(u32 > 0 && u32 <= INT32_MAX);
+                        accepted++;
+                }
+                if (acs_agent_login_parse(buf, 8, &lr, &u32) == 0) {
+                        CHECK(lr <= ACS_AGENT_LOGIN_FAILED && u32 <= 255 && (lr == 0) == (u32 == 0));
+                        accepted++;
+                }
+                if (acs_agent_progress_parse(buf, 20, &pe, &a, &b) == 0) {
+                        CHECK(pe >= ACS_AGENT_PROGRESS_SYNCING && pe <= ACS_AGENT_PROGRESS_RECONNECT && a <= b);
+                        accepted++;
+                }
+                if (acs_agent_status_parse(buf, 8, &st, &u32) == 0) {
+                        CHECK(st >= ACS_AGENT_STATE_CONNECTING && st <= ACS_AGENT_STATE_STOPPING);
+                        accepted++;
+                }
+        }
+        CHECK(accepted > 0);
+}
+
 TEST(daemon_config_and_name)
 {
         acs_bus_daemon_opts o = {.dir = "/run/acs/bus", .max_agents = 5000, .owner_uid = 0};
