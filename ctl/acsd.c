@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
+#include <pwd.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -74,16 +75,43 @@ static char *find_program(const char *name, const char *subdir)
         return NULL;
 }
 
-static int resolve_group(const char *key, const char *name, gid_t *ret)
+/* "PATH:LINE: " for section.key, or "PATH: " when the key is not in the file. */
+static void print_where(const char *path, const char *section, const char *key)
+{
+        unsigned line = acs_config_line_of(path, section, key);
+        if (line)
+                fprintf(stderr, "acsd: %s:%u: ", path, line);
+        else
+                fprintf(stderr, "acsd: %s: ", path);
+}
+
+static int resolve_group(const char *path, const char *section, const char *key, const char *name,
+                         gid_t *ret)
 {
         errno = 0;
         struct group *g = getgrnam(name);
         if (!g) {
-                fprintf(stderr, "acsd: %s = %s: no such group%s%s\n", key, name, errno ? ": " : "",
-                        errno ? strerror(errno) : "");
+                int e = errno;
+                print_where(path, section, key);
+                fprintf(stderr, "%s.%s = %s: no such group on this host%s%s\n", section, key, name,
+                        e ? ": " : "", e ? strerror(e) : "");
                 return -ENOENT;
         }
-        *ret = g->gr_gid;
+        if (ret)
+                *ret = g->gr_gid;
+        return 0;
+}
+
+static int resolve_user(const char *path, const char *section, const char *key, const char *name)
+{
+        errno = 0;
+        if (!getpwnam(name)) {
+                int e = errno;
+                print_where(path, section, key);
+                fprintf(stderr, "%s.%s = %s: no such user on this host%s%s\n", section, key, name,
+                        e ? ": " : "", e ? strerror(e) : "");
+                return -ENOENT;
+        }
         return 0;
 }
 
@@ -343,15 +371,21 @@ int main(int argc, char **argv)
                 return r == -EINVAL ? EX_CONFIG : r == -ENOENT || r == -EACCES ? EX_NOINPUT : EX_CONFIG;
         }
         if (d.cfg.session_admin_group) {
-                if (resolve_group("session.admin_group", d.cfg.session_admin_group, &d.admin_gid) < 0)
+                if (resolve_group(config_path, "session", "admin_group", d.cfg.session_admin_group,
+                                  &d.admin_gid) < 0)
                         goto config_error;
                 d.has_admin_gid = true;
         }
         if (d.cfg.socket_allow_group) {
-                if (resolve_group("socket.allow_group", d.cfg.socket_allow_group, &d.allow_gid) < 0)
+                if (resolve_group(config_path, "socket", "allow_group", d.cfg.socket_allow_group,
+                                  &d.allow_gid) < 0)
                         goto config_error;
                 d.has_allow_gid = true;
         }
+        if (resolve_user(config_path, "agent", "user", d.cfg.agent_user) < 0 ||
+            resolve_user(config_path, "tree", "owner", d.cfg.tree_owner) < 0 ||
+            resolve_group(config_path, "tree", "group", d.cfg.tree_group, NULL) < 0)
+                goto config_error;
         if (check) {
                 printf("%s: ok\n", config_path);
                 acs_config_clear(&d.cfg);

@@ -591,6 +591,22 @@ def t_config_error(tmp):
     r = subprocess.run([EXE, "-c", p, "--foreground"], capture_output=True, text=True, timeout=10)
     assert r.returncode == 78, r
     assert f"{p}:3: socket.max_per_uid: bad value 'lots'" in r.stderr, r.stderr
+    # names the config checks against this host: the line, or the file for a default
+    with open(p, "w") as f:
+        f.write("[tree]\nroot = /x\n\ngroup = nosuchgroup-acs\n")
+    r = subprocess.run([EXE, "-c", p, "--check"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 78, r
+    assert f"{p}:4: tree.group = nosuchgroup-acs: no such group" in r.stderr, r.stderr
+    with open(p, "w") as f:
+        f.write("[socket]\nallow_group = nosuchgroup-acs\n")
+    r = subprocess.run([EXE, "-c", p, "--check"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 78 and f"{p}:2: socket.allow_group = nosuchgroup-acs" in r.stderr, r
+    with open(p, "w") as f:
+        f.write("[agent]\nuid_min = 0\n")
+    r = subprocess.run(["unshare", "--mount", "sh", "-c",
+                        f"grep -v '^acs:' /etc/passwd > {tmp}/passwd && mount --bind {tmp}/passwd /etc/passwd"
+                        f" && exec {EXE} -c {p} --check"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 78 and f"{p}: agent.user = acs: no such user on this host" in r.stderr, r
     r = subprocess.run([EXE, "-c", f"{tmp}/none.conf"], capture_output=True, text=True, timeout=10)
     assert r.returncode != 0 and "No such file" in r.stderr, r
 

@@ -955,3 +955,41 @@ int acs_config_load(const char *path, acs_config *ret, char **ret_error)
                 return file_error(path, -EFBIG, "file too large (at most 1 MiB)", ret_error);
         return load_text(buf, len, path, ret, ret_error);
 }
+
+unsigned acs_config_line_of(const char *path, const char *section, const char *key)
+{
+        FILE *f;
+        char *line = NULL, cur[64] = "";
+        size_t size = 0, klen;
+        unsigned n = 0, found = 0;
+
+        if (!path || !section || !key || !(f = fopen(path, "re")))
+                return 0;
+        klen = strlen(key);
+        while (!found && getline(&line, &size, f) >= 0) {
+                char *p = line;
+                n++;
+                if (n == 1 && memcmp(p, "\xEF\xBB\xBF", 3) == 0)
+                        p += 3;
+                while (*p == ' ' || *p == '\t')
+                        p++;
+                if (*p == '[') {
+                        char *end = strchr(p, ']');
+                        if (end) {
+                                *end = '\0';
+                                trim(p + 1, cur, sizeof(cur));
+                        }
+                        continue;
+                }
+                if (strcmp(cur, section) != 0 || strncmp(p, key, klen) != 0)
+                        continue;
+                p += klen;
+                while (*p == ' ' || *p == '\t')
+                        p++;
+                if (*p == '=' || *p == ':')
+                        found = n;
+        }
+        free(line);
+        fclose(f);
+        return found;
+}

@@ -74,3 +74,11 @@ void acs_config_clear(acs_config *cfg);
 int acs_config_load(const char *path, acs_config *ret, char **ret_error);
 /* The same from a string (for tests); name is used in messages. */
 int acs_config_load_string(const char *text, const char *name, acs_config *ret, char **ret_error);
+
+/*
+ * The line of path where section.key is set, for messages about a value the loader
+ * cannot check alone (a user or group that does not exist on this host): 0 when the key
+ * is not in the file (its default applies) or the file cannot be read. Reads the file
+ * again; follows the loader's syntax (blanks, comments, repeated sections).
+ */
+unsigned acs_config_line_of(const char *path, const char *section, const char *key);

@@ -704,6 +704,30 @@ TEST(every_key_documented_and_in_example)
         }
 }
 
+TEST(line_of)
+{
+        char path[PATH_MAX];
+        FILE *f;
+
+        snprintf(path, sizeof(path), "%s", tmp_path("line.conf"));
+        f = fopen(path, "w");
+        CHECK(f != NULL);
+        if (!f)
+                return;
+        fputs("\xEF\xBB\xBF; comment\n[tree]\nowner = mail\n  group: www-data\n"
+              "[ agent ]\nuser=acs\n[tree]\nmode = 0750\n[session]\ngroup_x = 1\n", f);
+        fclose(f);
+        CHECK_INT(acs_config_line_of(path, "tree", "owner"), 3);
+        CHECK_INT(acs_config_line_of(path, "tree", "group"), 4);
+        CHECK_INT(acs_config_line_of(path, "agent", "user"), 6);
+        CHECK_INT(acs_config_line_of(path, "tree", "mode"), 8);
+        CHECK_INT(acs_config_line_of(path, "tree", "root"), 0);       /* default */
+        CHECK_INT(acs_config_line_of(path, "session", "group"), 0);   /* a longer key */
+        CHECK_INT(acs_config_line_of(path, "agent", "owner"), 0);     /* other section */
+        CHECK_INT(acs_config_line_of("/nonexistent/x.conf", "tree", "owner"), 0);
+        CHECK_INT(unlink(path), 0);
+}
+
 /* Runs last (constructors run in order): removes the temporary directory. */
 TEST(zz_cleanup)
 {
