@@ -28,6 +28,12 @@
 #define CRED_TIMEOUT_MS 30000
 
 volatile sig_atomic_t syncd_stop;
+/*
+ * Set when acsd sends SYNC_NOW. The push loop (push.c) is to check it after each poll and
+ * then sync every mailbox; until it does, the wake pipe is not written for it (the loop
+ * would see a readable pipe it does not drain).
+ */
+volatile sig_atomic_t syncd_sync_requested;
 static struct timespec t_start;
 
 /* Milliseconds since start, for the debug log's phase timings. */
@@ -70,8 +76,8 @@ static void on_agent_stop(void *userdata)
 
 static void on_agent_sync(void *userdata, const char *mailbox)
 {
-        acs_log(LOG_NOTICE, "bus: SYNC_NOW%s%s (the push loop syncs on its own schedule)", mailbox ? " " : "",
-                mailbox ? mailbox : "");
+        acs_log(LOG_INFO, "bus: SYNC_NOW%s%s", mailbox ? " " : "", mailbox ? mailbox : "");
+        syncd_sync_requested = 1; /* every mailbox: a name is only a hint */
 }
 
 static int agent_start(const char *address, int key_fd)
@@ -329,7 +335,15 @@ static bool sleep_or_stop(unsigned sec)
                 int64_t left = end - (int64_t)time(NULL);
                 if (left <= 0)
                         return false;
-                (void)poll(&p, 1, (int)left * 1000);
+                if (poll(&p, 1, (int)left * 1000) > 0 && !syncd_stop) {
+                        char b[64];
+                        while (read(wake_pipe[0], b, sizeof(b)) > 0)
+                                ;
+                }
+                if (syncd_sync_requested) {
+                        syncd_sync_requested = 0;
+                        return false; /* acsd wants a sync: reconnect now */
+                }
         }
         return true;
 }
