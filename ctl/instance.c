@@ -32,12 +32,13 @@
 
 #define USEC_PER_SEC UINT64_C(1000000)
 #define CACHE_DB_NAME "cache.db"
+#define BUS_PID_FILE "acsd-bus.pid" /* in the bus directory: our dbus-daemon, for after a crash */
 #define KEY_FD 3          /* the key handover pipe in a child */
 #define FUSE_FD 4         /* acs-fs's /dev/fuse descriptor */
 #define BACKOFF_MAX 60    /* seconds between restarts of a dying child, at most */
 #define STABLE_USEC (60 * USEC_PER_SEC) /* a child that ran this long starts over at 1 s */
 #define STOP_TERM_USEC (2 * USEC_PER_SEC) /* STOP on the bus, then SIGTERM after this */
-#define SYNC_TIMEOUT_USEC (600 * USEC_PER_SEC)
+#define SYNC_TIMEOUT_USEC (120 * USEC_PER_SEC)
 #define MOUNT_RETRY_USEC (20 * 1000)
 #define MOUNT_WAIT_USEC (10 * USEC_PER_SEC) /* waiting for acs-syncd to create the cache */
 #define REJECT_LOG_PER_WINDOW 20
@@ -71,6 +72,7 @@ struct inst_req {
         bool reopen;            /* open waiting for a stopping instance to be gone */
         inst_progress_cb sync_cb; /* sync */
         char *mailbox;          /* sync: "" for all */
+        bool round_started;     /* sync: acs-syncd began a round after SYNC_NOW was sent */
         acs_loop_timer *timer;  /* sync: timeout */
         void *ud;
         uint64_t pass;          /* last walk that visited it */
@@ -126,7 +128,8 @@ struct inst_mgr {
         gid_t agent_gid;
         uid_t tree_uid;
         gid_t tree_gid;
-        bool fs_has_mode;       /* acs-fs takes --uid/--gid/--mode */
+        bool fs_has_owner;      /* acs-fs takes --owner UID:GID */
+        bool fs_has_mode;       /* acs-fs takes --mode MODE */
         bool fs_has_bus;        /* acs-fs takes --bus/--key-fd */
         inst *list;
         size_t n_inst;
@@ -411,11 +414,11 @@ static char **child_argv(child *c)
                 ADD(m->o.fs_path);
                 ADD("--db"); ADD(in->db);
                 ADD("--layout"); ADD(cfg->tree_layout == ACS_LAYOUT_MAILDIRPP ? "maildir++" : "fs");
+                if (m->fs_has_owner) {
+                        snprintf(num, sizeof(num), "%u:%u", (unsigned)m->tree_uid, (unsigned)m->tree_gid);
+                        ADD("--owner"); ADD(num);
+                }
                 if (m->fs_has_mode) {
-                        snprintf(num, sizeof(num), "%u", (unsigned)m->tree_uid);
-                        ADD("--uid"); ADD(num);
-                        snprintf(num, sizeof(num), "%u", (unsigned)m->tree_gid);
-                        ADD("--gid"); ADD(num);
                         snprintf(num, sizeof(num), "0%o", cfg->tree_mode & 07777);
                         ADD("--mode"); ADD(num);
                 }
@@ -1011,12 +1014,17 @@ static void handle_progress(inst_mgr *m, child *c, const char *sender, const acs
         inst_event e = { .kind = INST_EV_PROGRESS, .user = in->user, .mailbox = "", .done = done,
                          .total = total };
         emit(in, &e);
+        /* a SYNCED ends only the requests whose round began after they were sent: one
+         * that was already running may have missed what the client wants to see */
         uint64_t pass = ++m->pass;
         for (inst_req *req; (req = req_pick(in, pass, true)); ) {
-                if (ev == ACS_AGENT_PROGRESS_SYNCED)
-                        sync_done(in, req, 0);
-                else
+                if (ev == ACS_AGENT_PROGRESS_SYNCED) {
+                        if (req->round_started)
+                                sync_done(in, req, 0);
+                } else {
+                        req->round_started = true;
                         req->sync_cb(req->ud, req->mailbox, done, total, false, 0);
+                }
         }
 }
 
@@ -1029,6 +1037,10 @@ static void handle_status(inst_mgr *m, child *c, const char *sender, const acs_w
                 return reject(m, sender, "malformed STATUS");
         if (c->kind != ACS_AGENT_SYNCD || in->attempting)
                 return;
+        if (st == ACS_AGENT_STATE_SYNCING)
+                for (inst_req *req = in->reqs; req; req = req->next)
+                        if (req->is_sync)
+                                req->round_started = true;
         if ((st == ACS_AGENT_STATE_ONLINE || st == ACS_AGENT_STATE_SYNCING) && in->state == INST_OFFLINE)
                 set_state(in, INST_ONLINE);
         else if (st == ACS_AGENT_STATE_OFFLINE && in->state == INST_ONLINE)
@@ -1853,6 +1865,9 @@ static void shutdown_step(inst_mgr *m)
         if (m->bus_daemon > 0) {
                 (void)acs_bus_daemon_stop(m->bus_daemon);
                 m->bus_daemon = 0;
+                _cleanup_free_ char *pf = path_join(m->run_dir, BUS_PID_FILE);
+                if (pf)
+                        (void)unlink(pf);
         }
         if (!m->shutdown_timer)
                 (void)acs_loop_timer_add(m->loop, 0, 0, on_shutdown_timer, m, &m->shutdown_timer);
@@ -1872,12 +1887,12 @@ void inst_shutdown_all(inst_mgr *m, void (*done)(void *ud), void *ud)
 
 /* ---- setup ---- */
 
-/* Whether `prog --help` mentions word (what options this build of an agent takes). */
-static bool help_mentions(inst_mgr *m, const char *prog, const char *word)
+/* What `prog --help` prints (malloc'd; NULL if it cannot run): which options this build takes. */
+static char *fs_help(inst_mgr *m, const char *prog)
 {
         int p[2];
         if (pipe2(p, O_CLOEXEC) < 0)
-                return false;
+                return NULL;
         pid_t pid = fork();
         if (pid == 0) {
                 acs_loop_child_reset();
@@ -1890,22 +1905,23 @@ static bool help_mentions(inst_mgr *m, const char *prog, const char *word)
                 _exit(127);
         }
         close(p[1]);
-        char buf[16384];
-        size_t n = 0;
-        while (pid > 0 && n < sizeof(buf) - 1) {
-                ssize_t k = read(p[0], buf + n, sizeof(buf) - 1 - n);
+        size_t size = 16384, n = 0;
+        char *buf = malloc(size);
+        while (pid > 0 && buf && n < size - 1) {
+                ssize_t k = read(p[0], buf + n, size - 1 - n);
                 if (k < 0 && errno == EINTR)
                         continue;
                 if (k <= 0)
                         break;
                 n += (size_t)k;
         }
-        buf[n] = 0;
         close(p[0]);
         if (pid > 0)
                 while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
                         ;
-        return strstr(buf, word) != NULL;
+        if (buf)
+                buf[n] = 0;
+        return buf;
 }
 
 static int build_env(inst_mgr *m)
@@ -1979,6 +1995,53 @@ static int scan_persistent(inst_mgr *m)
         return r;
 }
 
+
+
+/*
+ * The dbus-daemon of an acsd that died without stopping it (it forks away: no parent-death
+ * signal reaches it) still holds the bus socket: stop it, if the pid file names a
+ * dbus-daemon running on this directory's config.
+ */
+static void stop_stale_bus(const char *dir)
+{
+        _cleanup_free_ char *pf = path_join(dir, BUS_PID_FILE), *conf = path_join(dir, "bus.conf");
+        if (!pf || !conf)
+                return;
+        FILE *f = fopen(pf, "re");
+        if (!f)
+                return;
+        int pid = 0;
+        bool ok = fscanf(f, "%d", &pid) == 1 && pid > 1;
+        fclose(f);
+        (void)unlink(pf);
+        if (!ok)
+                return;
+        char path[64], cmdline[4096];
+        snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        ssize_t n = fd >= 0 ? read(fd, cmdline, sizeof(cmdline) - 1) : -1;
+        if (n <= 0)
+                return;
+        cmdline[n] = 0;
+        for (ssize_t i = 0; i < n; i++)
+                if (!cmdline[i])
+                        cmdline[i] = ' ';
+        if (!strstr(cmdline, "dbus-daemon") || !strstr(cmdline, conf))
+                return;
+        acs_log(LOG_NOTICE, "stopping the dbus-daemon (pid %d) left by an earlier acsd", pid);
+        (void)acs_bus_daemon_stop(pid);
+}
+
+static void write_bus_pid(const char *dir, pid_t pid)
+{
+        _cleanup_free_ char *pf = path_join(dir, BUS_PID_FILE);
+        char text[32];
+        snprintf(text, sizeof(text), "%d\n", (int)pid);
+        if (!pf || write_file_atomic(pf, text) < 0)
+                acs_log(LOG_WARNING, "cannot write %s/" BUS_PID_FILE ": a crash would leave the bus running",
+                        dir);
+}
+
 static int start_bus(inst_mgr *m)
 {
         const acs_config *cfg = m->cfg;
@@ -1992,6 +2055,7 @@ static int start_bus(inst_mgr *m)
         } else {
                 if (mkdir(m->run_dir, 0755) < 0 && errno != EEXIST)
                         return -errno;
+                stop_stale_bus(m->run_dir);
                 acs_bus_daemon_opts bo = {
                         .dir = m->run_dir,
                         .max_agents = cfg->bus_max_connections ? cfg->bus_max_connections
@@ -2004,6 +2068,7 @@ static int start_bus(inst_mgr *m)
                         acs_log(LOG_ERR, "cannot start the bus daemon in %s: %s", m->run_dir, strerror(-r));
                         return r;
                 }
+                write_bus_pid(m->run_dir, m->bus_daemon);
         }
         r = acs_bus_connect(m->bus_address, &m->bus);
         if (r < 0) {
@@ -2090,11 +2155,14 @@ int inst_mgr_new(acs_loop *loop, const acs_config *cfg, const inst_opts *opts, i
         }
         if ((r = build_env(m)) < 0)
                 goto fail;
-        m->fs_has_mode = help_mentions(m, opts->fs_path, "--mode");
-        m->fs_has_bus = help_mentions(m, opts->fs_path, "--key-fd");
-        if (!m->fs_has_mode)
-                acs_log(LOG_WARNING, "%s takes no --uid/--gid/--mode: trees show its own modes, not [tree] "
-                        "owner/group/mode", opts->fs_path);
+        char *help = fs_help(m, opts->fs_path);
+        m->fs_has_owner = help && strstr(help, "--owner");
+        m->fs_has_mode = help && strstr(help, "--mode");
+        m->fs_has_bus = help && strstr(help, "--key-fd");
+        free(help);
+        if (!m->fs_has_owner || !m->fs_has_mode)
+                acs_log(LOG_WARNING, "%s takes no %s: the tree's files do not show [tree] %s", opts->fs_path,
+                        !m->fs_has_owner ? "--owner" : "--mode", !m->fs_has_owner ? "owner/group" : "mode");
 
         if ((r = acs_vault_new(&m->vault)) < 0 || (r = acs_vault_new(&m->pending)) < 0)
                 goto fail;
@@ -2161,8 +2229,12 @@ inst_mgr *inst_mgr_free(inst_mgr *m)
         }
         m->bus_io = acs_loop_io_free(m->bus_io);
         acs_bus_free(m->bus);
-        if (m->bus_daemon > 0)
+        if (m->bus_daemon > 0) {
                 (void)acs_bus_daemon_stop(m->bus_daemon);
+                _cleanup_free_ char *pf = m->run_dir ? path_join(m->run_dir, BUS_PID_FILE) : NULL;
+                if (pf)
+                        (void)unlink(pf);
+        }
         free(m->bus_address);
         free(m->run_dir);
         acs_loop_timer_free(m->shutdown_timer);
