@@ -33,6 +33,16 @@
 #define META_INFLIGHT "replay.inflight"
 /* meta key prefix: a MOVE whose source uid went stale (UIDVALIDITY changed): re-append. */
 #define META_STALE "replay.stale."
+/*
+ * meta key prefix + message id: "<mailbox id> <uidvalidity> <uid>", where replay last put
+ * the message. acs_store_op_resolve_uid() fills the uid into every later op of the message
+ * in that mailbox, also into ops made after the message left it and came back (A -> B ->
+ * A); replay therefore takes the uid of a message op from here when the message was last
+ * put into the op's mailbox by replay (docs/sync-semantics.md). META_LEARNED lists the
+ * message ids that have such a key; all are removed once the op log is empty.
+ */
+#define META_UID "replay.uid."
+#define META_LEARNED "replay.learned"
 
 static const char *const kind_names[] = {
         [ACS_OP_FLAGS] = "flags", [ACS_OP_EXPUNGE] = "expunge", [ACS_OP_MOVE] = "move",
@@ -476,6 +486,94 @@ int syncd_replay_mark_stale(syncd *sd, int64_t seq)
         return acs_store_meta_set(sd->store, key, "1");
 }
 
+/* Records (inside the caller's transaction) where replay put message_id. */
+static int learned_set(syncd *sd, int64_t message_id, int64_t mailbox_id, uint32_t uidvalidity, uint32_t uid)
+{
+        char key[64], val[96];
+        snprintf(key, sizeof(key), META_UID "%" PRId64, message_id);
+        _cleanup_free_ char *old = NULL;
+        int r = acs_store_meta_get(sd->store, key, &old);
+        if (r == -ENOENT) {
+                /* first time: add the id to the list of keys to remove later */
+                _cleanup_free_ char *list = NULL;
+                r = acs_store_meta_get(sd->store, META_LEARNED, &list);
+                if (r < 0 && r != -ENOENT)
+                        return r;
+                _cleanup_free_ char *nl = NULL;
+                if (asprintf(&nl, "%s%s%" PRId64, list && *list ? list : "", list && *list ? " " : "",
+                             message_id) < 0)
+                        return -ENOMEM;
+                r = acs_store_meta_set(sd->store, META_LEARNED, nl);
+        }
+        if (r < 0)
+                return r;
+        snprintf(val, sizeof(val), "%" PRId64 " %" PRIu32 " %" PRIu32, mailbox_id, uidvalidity, uid);
+        return acs_store_meta_set(sd->store, key, val);
+}
+
+/*
+ * The uid a message op must use: where replay last put the message, when that is the op's
+ * mailbox (and the mailbox's UIDVALIDITY has not changed since), else the op's own uid.
+ */
+static int effective_uid(syncd *sd, const acs_op *op, uint32_t *ret)
+{
+        *ret = op->uid;
+        if (!op->message_id || !op->mailbox_id)
+                return 0;
+        char key[64];
+        snprintf(key, sizeof(key), META_UID "%" PRId64, op->message_id);
+        _cleanup_free_ char *v = NULL;
+        int r = acs_store_meta_get(sd->store, key, &v);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return r;
+        int64_t mbid = 0;
+        uint32_t uv = 0, uid = 0;
+        if (sscanf(v, "%" SCNd64 " %" SCNu32 " %" SCNu32, &mbid, &uv, &uid) != 3 || mbid != op->mailbox_id || !uid)
+                return 0;
+        acs_mailbox mb = {0};
+        r = acs_store_mailbox_get_by_id(sd->store, mbid, &mb);
+        if (r == 0 && uv && mb.uidvalidity && uv != mb.uidvalidity) {
+                acs_mailbox_clear(&mb);
+                return 0;
+        }
+        acs_mailbox_clear(&mb);
+        if (r < 0 && r != -ENOENT)
+                return r;
+        if (uid != op->uid)
+                acs_log(LOG_DEBUG, "op %" PRId64 ": uid %" PRIu32 " (where replay put the message) instead of %" PRIu32,
+                        op->seq, uid, op->uid);
+        *ret = uid;
+        return 0;
+}
+
+/* The op log is empty: the learned positions are not needed any more. */
+static int learned_clear(syncd *sd)
+{
+        _cleanup_free_ char *list = NULL;
+        int r = acs_store_meta_get(sd->store, META_LEARNED, &list);
+        if (r == -ENOENT || (r == 0 && !*list))
+                return 0;
+        if (r < 0)
+                return r;
+        r = acs_store_begin(sd->store, false);
+        if (r < 0)
+                return r;
+        for (char *p = list, *save = NULL, *tok; r == 0 && (tok = strtok_r(p, " ", &save)); p = NULL) {
+                char key[64];
+                snprintf(key, sizeof(key), META_UID "%s", tok);
+                r = acs_store_meta_set(sd->store, key, NULL);
+        }
+        if (r == 0)
+                r = acs_store_meta_set(sd->store, META_LEARNED, NULL);
+        if (r == 0)
+                r = acs_store_commit(sd->store);
+        if (r < 0)
+                acs_store_rollback(sd->store);
+        return r;
+}
+
 /*
  * Ends an op in one transaction: the learned uid (message row still waiting in mailbox_id
  * with uid 0 gets it; later ops of the message get it too), the op removed, the in-flight
@@ -502,10 +600,13 @@ static int finish_op_uv(syncd *sd, const acs_op *op, int64_t mailbox_id, uint32_
                 }
                 acs_mailbox_clear(&mb);
         }
+        if (r == 0 && uid && op->message_id)
+                r = learned_set(sd, op->message_id, mailbox_id, uidvalidity, uid);
         if (r == 0 && uid && op->message_id) {
                 acs_message m = {0};
                 int g = acs_store_message_get(st, op->message_id, &m);
-                if (g == 0 && m.mailbox_id == mailbox_id && m.uid == 0) {
+                /* the row is where this op put it (a later visit's op overwrites again) */
+                if (g == 0 && m.mailbox_id == mailbox_id && m.uid != uid) {
                         acs_message other = {0};
                         if (acs_store_message_get_by_uid(st, mailbox_id, uid, &other) == 0) {
                                 r = acs_store_message_delete(st, other.id);
@@ -530,7 +631,7 @@ static int finish_op_uv(syncd *sd, const acs_op *op, int64_t mailbox_id, uint32_
         if (r == 0 && op->kind == ACS_OP_MOVE) {
                 char key[64];
                 snprintf(key, sizeof(key), META_STALE "%" PRId64, op->seq);
-                r = acs_store_meta_set(st, key, "0");
+                r = acs_store_meta_set(st, key, NULL); /* NULL deletes */
         }
         if (r == 0)
                 r = acs_store_commit(st);
@@ -922,6 +1023,9 @@ static int replay_move(syncd *sd, const acs_op *op, bool may_exist)
                         acs_log(LOG_WARNING, "move op %" PRId64 ": source gone and no cached body", op->seq);
                         return finish_op(sd, op, 0, 0);
                 }
+                acs_log(LOG_NOTICE, "move op %" PRId64 " of uid %" PRIu32 " from \"%s\": the source is gone (%s); "
+                        "re-appending the cached body into \"%s\"", op->seq, op->uid, op->name ? op->name : "?",
+                        op->uid == 0 ? "its uid was never learned" : "UIDVALIDITY changed or folder deleted", tsrv);
                 progress_event_kv("op_reappend", NULL, "kind", "move");
                 r = append_body(sd, op, op->target_mailbox_id, tsrv, true, flags, kw, &uid, &uv);
                 if (r == -EREMOTEIO)
@@ -1000,6 +1104,8 @@ static int replay_move(syncd *sd, const acs_op *op, bool may_exist)
                 if (r < 0)
                         return r == -EREMOTEIO ? OP_REFUSED : r;
                 if (!exists && op->body_id) {
+                        acs_log(LOG_NOTICE, "move op %" PRId64 ": uid %" PRIu32 " no longer exists in \"%s\"; "
+                                "re-appending the cached body into \"%s\"", op->seq, op->uid, ssrv, tsrv);
                         progress_event_kv("op_reappend", NULL, "kind", "move");
                         r = append_body(sd, op, op->target_mailbox_id, tsrv, true, flags, kw, &uid, &uv);
                         if (r == -EREMOTEIO)
@@ -1179,8 +1285,15 @@ static int give_up(syncd *sd, const acs_op *op, const char *why)
         return finish_op(sd, op, 0, 0);
 }
 
-static int replay_one(syncd *sd, const acs_op *op, bool may_exist)
+static int replay_one(syncd *sd, const acs_op *orig, bool may_exist)
 {
+        acs_op eff = *orig; /* shallow: the strings stay the caller's */
+        const acs_op *op = &eff;
+        if (op->kind == ACS_OP_FLAGS || op->kind == ACS_OP_EXPUNGE || op->kind == ACS_OP_MOVE) {
+                int r = effective_uid(sd, orig, &eff.uid);
+                if (r < 0)
+                        return r;
+        }
         switch (op->kind) {
         case ACS_OP_FLAGS: return replay_flags(sd, op);
         case ACS_OP_EXPUNGE: return replay_expunge(sd, op);
@@ -1250,6 +1363,8 @@ int syncd_replay(syncd *sd)
         }
         if (done)
                 acs_log(LOG_INFO, "replayed %" PRIu64 " op(s)", done);
+        if (r == 0 && !syncd_stop)
+                r = learned_clear(sd);
         return r;
 }
 

@@ -1847,7 +1847,12 @@ int syncd_sync_list(syncd *sd)
         r = acs_store_begin(st, false);
         if (r < 0)
                 goto out;
-        r = pending_load(st, &pend);
+        /* the tree may have created, renamed or deleted folders meanwhile: decide on what
+         * the cache holds now, with the op log of this same moment */
+        storedlist_free(&loc);
+        r = acs_store_mailbox_foreach(st, stored_cb, &loc);
+        if (r == 0)
+                r = pending_load(st, &pend);
         if (r < 0)
                 goto fail;
         for (size_t i = 0; i < loc.n; i++) {
@@ -2047,6 +2052,12 @@ int syncd_sync_all(syncd *sd, bool quick)
                         }
                         acs_mailbox mb = {0};
                         r = acs_store_mailbox_get(sd->store, l.v[i].name, &mb);
+                        if (r == -ENOENT) {
+                                /* renamed or deleted in the tree meanwhile */
+                                sd->list_dirty = true;
+                                r = 0;
+                                continue;
+                        }
                         if (r < 0)
                                 break;
                         uint64_t count = 0;

@@ -17,6 +17,7 @@ static void usage(void)
                 "usage: acs-localop DB flags MAILBOX UID LETTERS [KEYWORDS]   (LETTERS from DFPRST, '-' for none)\n"
                 "       acs-localop DB expunge MAILBOX UID\n"
                 "       acs-localop DB move MAILBOX UID TARGET\n"
+                "       acs-localop DB move-id MESSAGE_ID TARGET | flags-id MESSAGE_ID LETTERS [KEYWORDS]\n"
                 "       acs-localop DB append MAILBOX FILE LETTERS INTERNALDATE [KEYWORDS]  (prints the message id)\n"
                 "       acs-localop DB create NAME | delete NAME | rename NAME NEW_NAME\n"
                 "       acs-localop DB count   (prints the number of ops in the log)\n"
@@ -147,6 +148,31 @@ static int run(acs_store *s, int argc, char **argv)
                         r = mailbox_id(s, argv[3], &target);
                 if (r == 0)
                         r = acs_local_move(s, m.id, target, NULL, m.flags, NULL, m.state);
+                acs_message_clear(&m);
+                return r;
+        }
+        if (strcmp(cmd, "move-id") == 0 && argc == 3) {
+                /* a message without a uid yet (a pending append or move), by row id */
+                acs_message m = {0};
+                int64_t target;
+                r = acs_store_message_get(s, strtoll(argv[1], NULL, 10), &m);
+                if (r == 0)
+                        r = mailbox_id(s, argv[2], &target);
+                if (r == 0)
+                        r = acs_local_move(s, m.id, target, NULL, m.flags, NULL, m.state);
+                acs_message_clear(&m);
+                return r;
+        }
+        if (strcmp(cmd, "flags-id") == 0 && (argc == 3 || argc == 4)) {
+                acs_message m = {0};
+                unsigned f;
+                r = parse_letters(argv[2], &f);
+                if (r == 0)
+                        r = acs_store_message_get(s, strtoll(argv[1], NULL, 10), &m);
+                if (r < 0)
+                        return r;
+                unsigned state = (f & ACS_FLAG_SEEN) ? m.state & ~ACS_MSG_NEW : m.state;
+                r = acs_local_set_flags(s, m.id, f, argc == 4 ? argv[3] : NULL, state);
                 acs_message_clear(&m);
                 return r;
         }
