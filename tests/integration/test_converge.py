@@ -16,10 +16,12 @@ the replay and the server's changes end up in (docs/testing.md, "Convergence"):
   between R folders, expunges, appends);
 - crossings, each with one outcome in every order: the server sets \\Answered / $label1 on
   local-owned messages of the pinned folder (never moved) -> other flags follow the
-  server, local deltas survive; the server expunges the source copy of a message moved
-  locally -> it must still arrive in the target exactly once (re-append); while acs-syncd
-  is dead the server deletes an R folder (after expunging its own messages, only if it
-  is empty) into which the tree then appends -> the folder comes back with that message.
+  server, local deltas survive; while acs-syncd is dead, the server expunges the source
+  copy of a message moved locally -> it must still arrive in the target exactly once
+  (re-append), and the server deletes an R folder (after expunging its own messages, only
+  if it is empty) into which the tree then appends -> the folder comes back with it.
+- kill -9 of acs-fs between writes or 0-4 ms into one: the tree then shows that write
+  wholly done or not at all (done if the call succeeded); the model follows the tree.
 Checked at the end: server == tree (folders, uids, flags, dates, bodies); every message
 the model keeps is on the server exactly once, in its folder, with its flags and date
 (local deltas applied, moves not lost, appends once, no deletion no op asked for); no
@@ -44,8 +46,8 @@ from acstest.dovecot import Dovecot
 from acstest.instance import Instance, diff_states, split_name
 
 USER = 'conv'
-DEFAULT_SEEDS = 200
-CHUNK = 50
+DEFAULT_SEEDS = 100
+CHUNK = 25
 STEPS = 24
 QUIESCE = 60.0
 APPEAR = 15.0
