@@ -10,7 +10,7 @@ from collections import Counter
 
 from acstest.corpus import Corpus
 from acstest.dovecot import Dovecot
-from acstest.instance import LETTER_FLAGS, Instance, diff_states, split_name
+from acstest.instance import LETTER_FLAGS, Instance, diff_states, to_crlf
 
 USER = 'user1'
 SEED = 5105
@@ -40,6 +40,7 @@ class Model:
                 self.msgs[mid] = [folder, set(flags)]
         self.deleted = set()
         self.idates = {}
+        self.bodies = {}  # appended messages: the bytes written, as IMAP serves them (CRLF)
         self.hist = {}  # Message-ID -> what the test did to it (for failure messages)
 
     def did(self, mid, i, what):
@@ -72,6 +73,8 @@ class Model:
                     out.append(f'{where}: {mid} flags {sorted(flags)}, want {sorted(want[1])}')
                 if mid in self.idates and idate != self.idates[mid]:
                     out.append(f'{where}: {mid} INTERNALDATE {idate}, want {self.idates[mid]}')
+                if mid in self.bodies and body != self.bodies[mid]:
+                    out.append(f'{where}: {mid} body differs from what was written')
         for mid, n in seen.items():
             if n > 1:
                 out.append(f'{where}: {mid} {n} times (duplicated)')
@@ -189,6 +192,7 @@ def test_offline_writes_converge(harness_tmp):
                 model.msgs[mid] = [target, flags_of(info, kw)]
                 model.did(mid, i, f'append to {target!r} {dest.parent.name}/ :2,{info}')
                 model.idates[mid] = idate
+                model.bodies[mid] = to_crlf(data)
             elif kind == 'mkdir':
                 created += 1
                 name = f'Offline {created} ü'
