@@ -306,6 +306,20 @@ int acs_agent_open(const char *address, int key_fd, enum acs_agent_kind kind, ac
         r = acs_bus_name_owner(a->bus, ACS_BUS_NAME, &a->acsd_name);
         if (r < 0)
                 goto fail;
+        /*
+         * On acsd's own bus only acsd's uid may own the name. On a bus acsd did not start
+         * (an address in its config), anyone may have taken it first: accept only an owner
+         * running as root or being our parent (acsd starts its agents itself).
+         */
+        pid_t owner_pid = 0;
+        uid_t owner_uid = 0;
+        r = acs_bus_peer_creds(a->bus, a->acsd_name, &owner_pid, &owner_uid);
+        if (r < 0)
+                goto fail;
+        if (owner_uid != 0 && owner_pid != getppid()) {
+                r = -EPERM;
+                goto fail;
+        }
         acs_bus_set_handlers(a->bus, on_message, NULL, a);
         uint8_t hello[8];
         acs_agent_hello_pack(kind, (uint32_t)getpid(), hello);

@@ -99,10 +99,12 @@ enum {
 /*
  * Reads the key handover from key_fd (until EOF; key_fd is closed either way), connects
  * to address, finds acsd's unique name (the owner of ACS_BUS_NAME: only acsd's uid may
- * own it) and sends AGENT_HELLO(kind, getpid()). From then on only messages whose D-Bus
+ * own it on acsd's own bus; on any bus the owner must run as root or be our parent
+ * process, else -EPERM) and sends AGENT_HELLO(kind, getpid()). From then on only messages whose D-Bus
  * sender is that unique name are opened (acs_wire_open checks signature, recipient,
  * purpose and counter); anything else is counted in acs_agent_rejected() and dropped.
  * *ret owned by the caller. 0, -EBADMSG (bad handover), -ENOENT (acsd not on the bus),
+ * -EPERM (a stranger owns acsd's name),
  * errors of acs_bus_connect, -ENOMEM.
  */
 int acs_agent_open(const char *address, int key_fd, enum acs_agent_kind kind, acs_agent **ret);

@@ -1073,6 +1073,57 @@ TEST(daemon_drops_to_its_user)
         fx_teardown(&f);
 }
 
+TEST(agent_refuses_a_stranger_owning_acsds_name)
+{
+        /* a bus where uid nobody may own acsd's name (as on a bus acsd did not configure):
+         * an agent whose parent is not that owner, and which is not root's, refuses it */
+        fixture f;
+        memset(&f, 0, sizeof(f));
+        CHECK_INT(acs_wire_init(), 0);
+        snprintf(f.dir, sizeof(f.dir), "/tmp/acs-bus-XXXXXX");
+        CHECK(mkdtemp(f.dir) && chmod(f.dir, 0755) == 0);
+        acs_bus_daemon_opts o = {.dir = f.dir, .max_agents = 8, .owner_uid = AGENT_UID};
+        CHECK_INT(acs_bus_daemon_start(&o, &f.address, &f.daemon_pid), 0);
+        acs_wire_keys *k = NULL;
+        CHECK_INT(acs_wire_keys_new(&k), 0);
+        acs_wire_keys_public(k, &f.pub);
+        CHECK_INT(acs_wire_new(ACS_WIRE_ID_ACSD, &k, &f.wire), 0);
+        int ready[2], done[2];
+        CHECK(pipe2(ready, O_CLOEXEC) == 0 && pipe2(done, O_CLOEXEC) == 0);
+        pid_t squatter = xfork();
+        if (squatter == 0) {
+                drop_to(AGENT_UID);
+                acs_bus *b = NULL;
+                if (acs_bus_connect(f.address, &b) < 0 || acs_bus_request_name(b, ACS_BUS_NAME) < 0)
+                        _exit(10);
+                (void)!write(ready[1], "x", 1);
+                char c;
+                (void)!read(done[0], &c, 1);
+                acs_bus_free(b);
+                _exit(0);
+        }
+        char c = 0;
+        CHECK(read(ready[0], &c, 1) == 1);
+        acs_wire_pub cpub;
+        int kfd = fx_child_keys(&f, 5, &cpub);
+        pid_t agent = xfork();
+        if (agent == 0) {
+                drop_to(AGENT2_UID);
+                acs_agent *a = NULL;
+                int r = acs_agent_open(f.address, kfd, ACS_AGENT_SYNCD, &a);
+                _exit(r == -EPERM ? 0 : 1);
+        }
+        close(kfd);
+        CHECK_INT(wait_child(agent, 20000), 0);
+        (void)!write(done[1], "x", 1);
+        CHECK_INT(wait_child(squatter, 20000), 0);
+        close(ready[0]);
+        close(ready[1]);
+        close(done[0]);
+        close(done[1]);
+        fx_teardown(&f);
+}
+
 TEST(unknown_uid_refused)
 {
         /* dbus-daemon denies a uid without a passwd entry before any <allow user> rule:
