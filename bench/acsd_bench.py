@@ -118,6 +118,17 @@ def imap_logins(dv, user, password, n):
     return out
 
 
+def buildtype(build):
+    import json
+    try:
+        with open(Path(build) / 'meson-info' / 'intro-buildoptions.json') as f:
+            opts = {o['name']: o['value'] for o in json.load(f)}
+        san = opts.get('b_sanitize', 'none')
+        return opts.get('buildtype', '?') + ('' if san in ('none', '') else f', sanitize={san}')
+    except OSError:
+        return '?'
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--build', default=str(ROOT / 'build'))
@@ -131,6 +142,7 @@ def main():
         sys.exit('acsd_bench: run as root (acsd mounts and starts agents as other uids)')
     os.environ['ACS_BUILD_DIR'] = os.path.abspath(args.build)
 
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix='acsd-bench-', dir='/tmp'))
     os.chmod(work, 0o755)
     dv = Dovecot(work / 'dovecot')
@@ -186,12 +198,23 @@ def main():
         (f'resume p99, RESUME round trip alone ({args.resumes})', ms(r99), '', '', '<= 2 ms',
          'yes' if r99 <= 0.002 else 'no', f'p50 {ms(r50)}'),
     ]
+    import subprocess
+    head = subprocess.run(['git', '-C', str(ROOT), 'rev-parse', '--short', 'HEAD'],
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(['git', '-C', str(ROOT), 'status', '--porcelain', '--', 'ctl', 'lib',
+                            'syncd', 'fs', 'include'], capture_output=True, text=True).stdout
+    src = f'commit {head}' + (' plus uncommitted changes in ' +
+                              ', '.join(sorted(set(line[3:].split('/')[0] for line in
+                                                   dirty.splitlines())))
+                              if dirty.strip() else '')
     text = [f'### acsd benchmark ({when})', '',
-            f'Command (root): `{cmd}`', '',
+            f'Command (root): `{cmd}`; source: {src}; build type of {args.build}: '
+            f'{buildtype(args.build)}.', '',
             f'Dovecot 2.3 on 127.0.0.1 over TLS (harness `acstest`), user1 with {args.messages} '
             f'messages ({len(corpus.by_folder()["INBOX"])} in INBOX), acsd with '
             f'`cache.mode = persistent`, `session.idle_timeout = 1`; kernel '
-            f'{platform.release()}, {os.cpu_count()} CPUs (shared, noisy).', '',
+            f'{platform.release()}, {os.cpu_count()} CPUs (shared with other builds and tests: load '
+            f'average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after).', '',
             '| measure | acsd | peer | ratio | target | met | notes |',
             '|---|---|---|---|---|---|---|']
     text += ['| ' + ' | '.join(r) + ' |' for r in rows]
