@@ -77,12 +77,23 @@ class Acsd:
                                    "--syncd", "/bin/true", "--fs", "/bin/true"],
                                   stderr=self.log, env=env)
         t0 = time.monotonic()
-        while not os.path.exists(self.sock):
+        while not self._answers():
             if self.p.poll() is not None:
                 raise RuntimeError("acsd-fake exited: " + open(f"{tmp}/acsd.log").read())
             if time.monotonic() - t0 > 60:
                 raise RuntimeError("acsd-fake did not create its socket")
             time.sleep(0.01)
+
+    def _answers(self):
+        """The socket accepts (its file alone may be a stale one of a killed acsd)."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.sock)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
 
     def stop(self):
         if self.p.poll() is None:
@@ -566,6 +577,11 @@ def t_daemon_mode(tmp):
             if cmd[0] == EXE.encode() and cfg.encode() in cmd:
                 pid = int(d)
     assert pid, "daemon process not found"
+    # a second acsd on the same socket refuses to start (and leaves the first alone)
+    r2 = subprocess.run([EXE, "-c", cfg, "--foreground", "--syncd", "/bin/true", "--fs", "/bin/true"],
+                        capture_output=True, text=True, timeout=30)
+    assert r2.returncode == 73 and "another acsd is listening" in r2.stderr, r2
+    assert c.call("STATUS") == "OK STATUS count=0"
     os.kill(pid, signal.SIGHUP)
     time.sleep(0.2)
     assert c.call("STATUS") == "OK STATUS count=0", "SIGHUP is ignored"
@@ -575,6 +591,14 @@ def t_daemon_mode(tmp):
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     assert not os.path.exists(sock)
+    # a socket left by a killed acsd is replaced
+    a = Acsd(tmp)
+    a.p.kill()
+    a.p.wait()
+    assert os.path.exists(sock)
+    a = Acsd(tmp)
+    assert Client(sock).call("STATUS") == "OK STATUS count=0"
+    assert a.stop() == 0
     # --check
     r = subprocess.run([EXE, "-c", cfg, "--check"], capture_output=True, text=True, timeout=10)
     assert r.returncode == 0 and r.stdout == f"{cfg}: ok\n", r
