@@ -12,6 +12,9 @@
 #include "protocol.h"
 
 /*
+ * Owner: helper "acsd" (acsd.c, server.c, session.c, session-table.c). instance.c (helper
+ * "inst") has its own header, ctl/instance.h.
+ *
  * acsd is one process and one thread (ctl/loop.h). Its parts, one file each:
  *   ctl/acsd.c     main: config, privileges, the bus, signals, startup and shutdown order
  *   ctl/server.c   the client socket: connections, peer credentials, bounded I/O

@@ -8,6 +8,9 @@
 #include <sys/types.h>
 
 /*
+ * Owner: helper "acsd" (ctl/loop.c, tests in ctl/test-loop.c). Users: all of acsd
+ * (server.c, session.c, instance.c).
+ *
  * Everything in acsd runs in this loop's one thread: no callback may block (sockets are
  * non-blocking; a slow peer is queued or dropped, never waited for). Times are
  * CLOCK_MONOTONIC microseconds.
