@@ -266,6 +266,19 @@ static void on_message(void *userdata, const char *sender, const uint8_t *msg, s
         acs_wire_msg_clear(&m);
 }
 
+static int send_signed(acs_agent *a, enum acs_wire_purpose purpose, const void *payload, size_t len)
+{
+        _cleanup_free_ uint8_t *msg = NULL;
+        size_t mlen = 0;
+        int r = acs_wire_seal(a->wire, ACS_WIRE_ID_ACSD, purpose, payload, len, &msg, &mlen);
+        if (r < 0)
+                return r;
+        r = acs_bus_send(a->bus, a->acsd_name, msg, mlen);
+        if (r < 0)
+                return r;
+        return acs_bus_flush(a->bus, FLUSH_TIMEOUT_MS);
+}
+
 int acs_agent_open(const char *address, int key_fd, enum acs_agent_kind kind, acs_agent **ret)
 {
         if (!address || key_fd < 0 || (kind != ACS_AGENT_SYNCD && kind != ACS_AGENT_FS)) {
@@ -323,14 +336,7 @@ int acs_agent_open(const char *address, int key_fd, enum acs_agent_kind kind, ac
         acs_bus_set_handlers(a->bus, on_message, NULL, a);
         uint8_t hello[8];
         acs_agent_hello_pack(kind, (uint32_t)getpid(), hello);
-        _cleanup_free_ uint8_t *msg = NULL;
-        size_t len = 0;
-        r = acs_wire_seal(a->wire, ACS_WIRE_ID_ACSD, ACS_WIRE_P_AGENT_HELLO, hello, sizeof(hello), &msg, &len);
-        if (r < 0)
-                goto fail;
-        r = acs_bus_send(a->bus, a->acsd_name, msg, len);
-        if (r == 0)
-                r = acs_bus_flush(a->bus, FLUSH_TIMEOUT_MS);
+        r = send_signed(a, ACS_WIRE_P_AGENT_HELLO, hello, sizeof(hello));
         if (r < 0)
                 goto fail;
         *ret = a;
@@ -409,19 +415,6 @@ static int64_t mono_ms(void)
         struct timespec t;
         clock_gettime(CLOCK_MONOTONIC, &t);
         return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
-static int send_signed(acs_agent *a, enum acs_wire_purpose purpose, const void *payload, size_t len)
-{
-        _cleanup_free_ uint8_t *msg = NULL;
-        size_t mlen = 0;
-        int r = acs_wire_seal(a->wire, ACS_WIRE_ID_ACSD, purpose, payload, len, &msg, &mlen);
-        if (r < 0)
-                return r;
-        r = acs_bus_send(a->bus, a->acsd_name, msg, mlen);
-        if (r < 0)
-                return r;
-        return acs_bus_flush(a->bus, FLUSH_TIMEOUT_MS);
 }
 
 int acs_agent_get_password(acs_agent *a, int timeout_ms, char **ret, size_t *ret_len)
