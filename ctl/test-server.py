@@ -635,8 +635,63 @@ def t_config_error(tmp):
     assert r.returncode != 0 and "No such file" in r.stderr, r
 
 
+def t_garbage(tmp):
+    """Random bytes, random valid and broken commands, sudden closes on many connections at
+    once: acsd answers each complete line with one reply and keeps serving (a crash or a
+    sanitizer report fails the test)."""
+    import random
+    rnd = random.Random(6)
+    a = Acsd(tmp, max_per_uid=100, max_connections=200)
+    try:
+        words = [b"HELLO 1 1", b"HELLO 0 0", b"OPEN u%d right", b"OPEN u%d wrong", b"OPEN %%00 x",
+                 b"RESUME " + b"a" * 64, b"RESUME xyz", b"CLOSE", b"STATUS", b"STATUS u1", b"SYNC u1",
+                 b"SYNC u1 INBOX", b"WATCH", b"WHO", b"OPEN a+b c", b"\x00\xff\r", b"OK OPEN", b""]
+        conns = []
+        for i in range(60):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(a.sock)
+            s.setblocking(False)
+            conns.append(s)
+        for rnd_round in range(40):
+            for s in conns:
+                if s.fileno() < 0:
+                    continue
+                kind = rnd.random()
+                if kind < 0.6:
+                    w = rnd.choice(words)
+                    if b"%d" in w:
+                        w = w % rnd.randrange(5)
+                    data = w + rnd.choice([b"\n", b"\r\n", b"", b" \n"])
+                elif kind < 0.9:
+                    data = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 300)))
+                elif kind < 0.97:
+                    data = b"Z" * rnd.randrange(4000, 9000) + b"\n"
+                else:
+                    s.close()
+                    continue
+                try:
+                    s.send(data)
+                except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                    pass
+                try:
+                    s.recv(65536)
+                except (BlockingIOError, ConnectionResetError):
+                    pass
+            time.sleep(0.01)
+        for s in conns:
+            s.close()
+        time.sleep(1.5)  # delayed answers (failed logins) run out
+        assert a.p.poll() is None, "acsd-fake died"
+        c = Client(a.sock)
+        assert c.call("STATUS").startswith(("OK STATUS", "DATA STATUS"))
+        log = open(f"{tmp}/acsd.log").read()
+        assert "a bug" not in log and "crit" not in log, log[-2000:]
+    finally:
+        assert a.stop() == 0
+
+
 TESTS = [t_config_error, t_daemon_mode, t_groups, t_protocol_sessions, t_failed_logins, t_caps, t_expiry_and_limits,
-         t_shutdown_answers_pending, t_idle_slow_oversized]
+         t_shutdown_answers_pending, t_garbage, t_idle_slow_oversized]
 
 
 def main():
