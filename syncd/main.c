@@ -128,6 +128,24 @@ static void agent_status(enum acs_agent_state st, enum acs_agent_progress ev)
 }
 
 /*
+ * For the push loop (push.c): a sync round starts (done false: STATUS and PROGRESS
+ * "syncing") or ended (done true: PROGRESS "synced", STATUS "online"), so that acsd can
+ * answer a client's sync request. Nothing without --bus.
+ */
+void syncd_bus_round(bool done);
+void syncd_bus_round(bool done)
+{
+        if (!agent_thr)
+                return;
+        int e = acs_agent_thread_send_status(agent_thr, done ? ACS_AGENT_STATE_ONLINE : ACS_AGENT_STATE_SYNCING, 0);
+        if (e == 0)
+                e = acs_agent_thread_send_progress(agent_thr,
+                                                   done ? ACS_AGENT_PROGRESS_SYNCED : ACS_AGENT_PROGRESS_SYNCING, 0, 0);
+        if (e < 0)
+                acs_log(LOG_WARNING, "bus: cannot send a status: %s", strerror(-e));
+}
+
+/*
  * The password for this login: --password-file/-fd's copy, or (--bus) a fresh one from
  * acsd, which the caller wipes right after the login. 0 or -errno.
  */
