@@ -485,12 +485,22 @@ static int peer_identify(acsd *d, int fd, struct ucred *ret_cred, bool *ret_admi
                 return -errno;
         if (len != sizeof(cred) || cred.pid <= 0 || cred.uid == (uid_t)-1 || cred.gid == (gid_t)-1)
                 return -EPROTO;
-        gid_t groups[NGROUPS_MAX > 65536 ? 65536 : NGROUPS_MAX];
+        gid_t small[64], *groups = small;
+        _cleanup_free_ gid_t *big = NULL;
         size_t n_groups = 0;
         if (d->has_admin_gid || d->has_allow_gid) {
-                socklen_t glen = sizeof(groups);
-                if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) < 0)
-                        return -errno;
+                socklen_t glen = sizeof(small);
+                if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, small, &glen) < 0) {
+                        /* more groups than fit: the kernel said how many bytes it needs */
+                        if (errno != ERANGE || glen == 0 || glen > 65536 * sizeof(gid_t))
+                                return -errno;
+                        big = malloc(glen);
+                        if (!big)
+                                return -ENOMEM;
+                        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, big, &glen) < 0)
+                                return -errno;
+                        groups = big;
+                }
                 n_groups = glen / sizeof(gid_t);
         }
         bool root = cred.uid == 0;

@@ -549,6 +549,14 @@ def t_groups(tmp):
         assert out[0] == "OK HELLO version=1" and out[1].startswith("ERR denied "), out
         out = as_uid(NOBODY, a.sock, ["HELLO 1 1", "WHO"], groups=[mail, adm])
         assert out == ["OK HELLO version=1", "OK WHO count=0"], out
+        # more supplementary groups than acsd's first buffer holds (64)
+        many = list(range(70000, 70100))
+        out = as_uid(NOBODY, a.sock, ["HELLO 1 1", "WHO"], groups=many + [mail])
+        assert out[0] == "OK HELLO version=1" and out[1].startswith("ERR denied "), out
+        out = as_uid(NOBODY, a.sock, ["HELLO 1 1", "WHO"], groups=many + [mail, adm])
+        assert out == ["OK HELLO version=1", "OK WHO count=0"], out
+        out = as_uid(NOBODY, a.sock, ["<line>"], groups=many)
+        assert out[0].startswith("ERR denied "), out
         c = Client(a.sock)
         assert c.call("WHO") == "OK WHO count=0"
     finally:
