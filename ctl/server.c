@@ -463,6 +463,25 @@ static void refuse(int fd, const char *text)
         close(fd);
 }
 
+/*
+ * Refusals are logged at most once a second (with the number left out since), so a peer
+ * hammering the socket cannot flood the log.
+ */
+static bool refusal_log_ok(unsigned *ret_suppressed)
+{
+        static uint64_t last;
+        static unsigned suppressed;
+        uint64_t now = acs_loop_now();
+        if (last && now - last < 1000000) {
+                suppressed++;
+                return false;
+        }
+        last = now;
+        *ret_suppressed = suppressed;
+        suppressed = 0;
+        return true;
+}
+
 static bool in_groups(gid_t want, gid_t primary, const gid_t *groups, size_t n)
 {
         if (primary == want)
@@ -516,15 +535,19 @@ static void accept_one(struct acsd_server *s, int fd)
         struct ucred cred;
         bool admin = false, allowed = false;
         int r = peer_identify(d, fd, &cred, &admin, &allowed);
+        unsigned sup = 0;
         if (r < 0) {
-                acs_log(LOG_WARNING, "refused a connection: cannot identify the peer: %s",
-                        strerrordesc_np(-r));
+                if (refusal_log_ok(&sup))
+                        acs_log(LOG_WARNING, "refused a connection: cannot identify the peer: %s "
+                                "(%u more refusals not logged)", strerrordesc_np(-r), sup);
                 close(fd);
                 return;
         }
         if (!allowed) {
-                acs_log(LOG_NOTICE, "refused a connection of uid %u pid %d: not in group %s",
-                        (unsigned)cred.uid, (int)cred.pid, d->cfg.socket_allow_group);
+                if (refusal_log_ok(&sup))
+                        acs_log(LOG_NOTICE, "refused a connection of uid %u pid %d: not in group %s "
+                                "(%u more refusals not logged)", (unsigned)cred.uid, (int)cred.pid,
+                                d->cfg.socket_allow_group, sup);
                 char buf[ACS_PROTO_LINE_MAX + 1];
                 size_t len;
                 acs_proto_format_err(ACS_ERR_DENIED, "this user may not use acsd", buf, sizeof(buf), &len);
@@ -533,14 +556,18 @@ static void accept_one(struct acsd_server *s, int fd)
                 return;
         }
         if (s->n_conns >= d->cfg.socket_max_connections) {
-                acs_log(LOG_WARNING, "refused a connection of uid %u: %u connections (socket.max_connections)",
-                        (unsigned)cred.uid, s->n_conns);
+                if (refusal_log_ok(&sup))
+                        acs_log(LOG_WARNING, "refused a connection of uid %u: %u connections "
+                                "(socket.max_connections) (%u more refusals not logged)",
+                                (unsigned)cred.uid, s->n_conns, sup);
                 refuse(fd, "too many connections to acsd");
                 return;
         }
         if (cred.uid != 0 && uid_conns(s, cred.uid) >= d->cfg.socket_max_per_uid) {
-                acs_log(LOG_NOTICE, "refused a connection of uid %u: %u connections of that uid "
-                        "(socket.max_per_uid)", (unsigned)cred.uid, uid_conns(s, cred.uid));
+                if (refusal_log_ok(&sup))
+                        acs_log(LOG_NOTICE, "refused a connection of uid %u: %u connections of that uid "
+                                "(socket.max_per_uid) (%u more refusals not logged)",
+                                (unsigned)cred.uid, uid_conns(s, cred.uid), sup);
                 refuse(fd, "too many connections from this user");
                 return;
         }
