@@ -81,6 +81,14 @@ static int replay_if_pending(syncd *sd, bool *ret_did)
         "NOTIFY SET (selected (MessageNew MessageExpunge FlagChange)) "                              \
         "(personal (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange))"
 
+/* Logs which step of the push loop ended it (the caller logs the reset itself). */
+static int failed(const char *step, int r)
+{
+        if (r < 0 && r != -EINTR)
+                acs_log(LOG_INFO, "push loop: %s: %s", step, strerror(-r));
+        return r;
+}
+
 int syncd_push_loop(syncd *sd)
 {
         bool notify = false;
@@ -112,19 +120,18 @@ int syncd_push_loop(syncd *sd)
                         recheck_until = mono_ms() + OPS_RECHECK_FOR_MS;
                 r = replay_if_pending(sd, &did);
                 if (r < 0)
-                        return r;
+                        return failed("replay", r);
                 if (did) {
                         /* what the server announced while we replayed was parsed inside those
-                         * responses: one STATUS round picks it up (and the uids we learned
-                         * make our own appends known already) */
-                        if (sd->list_dirty)
-                                r = syncd_sync_list(sd);
+                         * responses and is lost: the mailbox list and one STATUS round pick it
+                         * up (the uids we learned make our own appends known already) */
+                        r = syncd_sync_list(sd);
                         if (r == 0)
                                 r = syncd_sync_all(sd, true);
                         if (r == 0)
                                 r = ensure_inbox(sd);
                         if (r < 0)
-                                return r;
+                                return failed("sync after replay", r);
                         progress_event("synced", NULL);
                 }
                 if (sd->caps.idle) {
@@ -167,7 +174,7 @@ int syncd_push_loop(syncd *sd)
                         if (look) {
                                 r = syncd_ops_pending(sd, &ops);
                                 if (r < 0)
-                                        return r;
+                                        return failed("op log", r);
                                 if (ops)
                                         recheck_until = 0;
                         }
@@ -207,7 +214,7 @@ int syncd_push_loop(syncd *sd)
                         if (sd->list_dirty) {
                                 r = syncd_sync_list(sd);
                                 if (r < 0)
-                                        return r;
+                                        return failed("mailbox list", r);
                         }
                         /* The selected mailbox first (its events need no STATUS to be known). */
                         if (first && sd->selected && ready) {
@@ -217,13 +224,13 @@ int syncd_push_loop(syncd *sd)
                                 sd->synced_mailboxes++;
                                 r = syncd_sync_mailbox(sd, sel);
                                 if (r < 0 && r != -ENOENT && r != -EREMOTEIO)
-                                        return r;
+                                        return failed("selected mailbox", r);
                         }
                         first = false;
                         if (notify || !ready || mono_sec() - last_full >= POLL_OTHERS_SEC) {
                                 r = syncd_sync_all(sd, true);
                                 if (r < 0)
-                                        return r;
+                                        return failed("STATUS round", r);
                                 last_full = mono_sec();
                         }
                         if (sd->synced_mailboxes == before && !sd->unsolicited && !sd->list_dirty)

@@ -1036,8 +1036,12 @@ static int replay_move(syncd *sd, const acs_op *op, bool may_exist)
         }
 
         bool have_move = mailimap_has_extension(sd->imap, "MOVE");
-        if (may_exist && !have_move && op->body_id) {
-                /* COPY + STORE + EXPUNGE cut short: the copy may be there already */
+        if (may_exist && op->body_id) {
+                /*
+                 * An earlier attempt was cut short: COPY + STORE + EXPUNGE, or a UID MOVE the
+                 * server did not finish (a server killed in the middle of a MOVE may have
+                 * copied without expunging): the copy may be in the target already.
+                 */
                 _cleanup_free_ char *body = NULL;
                 size_t len = 0;
                 r = load_body_crlf(sd, op->body_id, &body, &len);

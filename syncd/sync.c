@@ -1965,6 +1965,8 @@ int syncd_sync_mailbox(syncd *sd, const char *srvname)
                 return 0;
         }
         r = sync_one(sd, &mb, srvname);
+        if (r < 0 && r != -EINTR)
+                acs_log_mb(LOG_INFO, mb.name, "sync stopped: %s", strerror(-r));
         acs_mailbox_clear(&mb);
         return r;
 }
