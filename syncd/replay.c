@@ -1312,6 +1312,18 @@ static int replay_one(syncd *sd, const acs_op *orig, bool may_exist)
         }
 }
 
+/* Errors of the connection or the store: the op is not to blame; it stays as it is. */
+static bool transient_error(int r)
+{
+        switch (r) {
+        case -ECONNRESET: case -ENOTCONN: case -ETIMEDOUT: case -EPIPE: case -ECONNREFUSED:
+        case -EINTR: case -EIO: case -EBUSY: case -ENOSPC: case -ENOMEM: case -EBADMSG: case -EROFS:
+                return true;
+        default:
+                return false;
+        }
+}
+
 int syncd_replay(syncd *sd)
 {
         if (!sd->imap)
@@ -1330,6 +1342,14 @@ int syncd_replay(syncd *sd)
                         return r;
                 struct timespec t0, t1;
                 clock_gettime(CLOCK_MONOTONIC, &t0);
+                if (op.attempts >= REPLAY_MAX_ATTEMPTS) {
+                        /* failed that often already (counted before a reset): give it up now */
+                        r = give_up(sd, &op, op.last_error ? op.last_error : "failed");
+                        acs_op_clear(&op);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
                 /* an APPEND/MOVE whose command was sent before a crash or a lost connection */
                 bool may_exist = false;
                 if (op.kind == ACS_OP_APPEND || op.kind == ACS_OP_MOVE) {
@@ -1341,6 +1361,28 @@ int syncd_replay(syncd *sd)
                         may_exist = inflight == op.seq;
                 }
                 r = replay_one(sd, &op, may_exist);
+                int failure = r;
+                if (r < 0 && !transient_error(r)) {
+                        /*
+                         * A protocol error (a reply we cannot parse) or an op we cannot express
+                         * (a name that cannot be encoded, a body too large): count it like a
+                         * refusal so it cannot stall the log forever; a protocol error still
+                         * resets the connection.
+                         */
+                        char why[128];
+                        snprintf(why, sizeof(why), "%s", strerror(-r));
+                        acs_log(LOG_WARNING, "op %" PRId64 " (%s) failed: %s", op.seq, kind_name(op.kind), why);
+                        int q = acs_store_op_failed(sd->store, op.seq, why); /* given up at the next turn */
+                        if (q < 0) {
+                                acs_op_clear(&op);
+                                return q;
+                        }
+                        r = failure == -EPROTO ? -EPROTO : 0;
+                        if (r == 0) {
+                                acs_op_clear(&op);
+                                continue;
+                        }
+                }
                 if (r == OP_REFUSED) {
                         char why[256];
                         snprintf(why, sizeof(why), "%s%s%s", resp_code(sd), *resp_code(sd) ? " " : "",

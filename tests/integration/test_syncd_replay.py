@@ -387,3 +387,21 @@ def test_message_moved_back_and_forth_ends_once_in_place(dovecot, tmp_path):
     pp = b'Subject: ping pong\r\nMessage-ID: <pp@acs>\r\n\r\nback and forth\r\n'
     hits = [(f, x[1]) for f, msgs in srv.items() for x in msgs if x[3] == pp]
     assert hits == [('Lists', frozenset({'\\Flagged', '\\Seen'}))], hits
+
+
+def test_op_that_cannot_be_sent_is_given_up_not_looped(dovecot, tmp_path):
+    """An op replay cannot express (a mailbox name that is not UTF-8, written by a broken
+    writer) is retried, then given up: --once still ends with an empty op log, exit 0."""
+    dv = dovecot
+    corpus, db = prepare(dv, tmp_path)
+    m = cache_state(db)['INBOX'][0]
+    con = sqlite3.connect(str(db), timeout=30)
+    inbox_id = con.execute("SELECT id FROM mailbox WHERE name = 'INBOX'").fetchone()[0]
+    with con:
+        con.execute("INSERT INTO op (kind, mailbox_id, message_id, uid, flags_add, name) "
+                    "VALUES (1, ?, ?, ?, 2, CAST(X'FF41' AS TEXT))", (inbox_id, m[4]['id'], m[0]))
+    con.close()
+    localop(db, 'flags', 'INBOX', cache_state(db)['INBOX'][1][0], 'F')  # behind it
+    srv, ev, r = converge(dv, db)
+    assert [e.get('kind') for e in ev if e.get('event') == 'op_given_up'] == ['flags'], r.stderr[-2000:]
+    assert '\\Flagged' in {x[0]: x for x in srv['INBOX']}[cache_state(db)['INBOX'][1][0]][1]
