@@ -70,11 +70,24 @@ def server_flags(srv, folder, mid):
     return None if not uids else srv.flags(folder, uids[0])
 
 
+def find_in_tree(inst, folder, mid, tries=50):
+    """The tree's file of mid in folder: (path, letters); exactly one must exist. Retries
+    while a file vanishes under the listing (acs-syncd may move a seen message from new/
+    to cur/ once the server confirmed \\Seen)."""
+    for _ in range(tries):
+        try:
+            fs = [f for f in inst.tree_files(folder) if mid_of(f[0]) == mid]
+        except FileNotFoundError:
+            time.sleep(0.02)
+            continue
+        assert len(fs) == 1, f'{mid}: {len(fs)} files in the tree\'s {folder}'
+        return fs[0][0], fs[0][3]
+    raise AssertionError(f'{mid}: files kept vanishing while listing {folder}')
+
+
 def letters_in_tree(inst, folder, mid):
-    """The info letters of the tree's file of mid (asserting there is exactly one)."""
-    fs = [f for f in inst.tree_files(folder) if mid_of(f[0]) == mid]
-    assert len(fs) == 1, f'{mid}: {len(fs)} files in the tree\'s {folder}'
-    return fs[0][3]
+    """The info letters of the tree's file of mid."""
+    return find_in_tree(inst, folder, mid)[1]
 
 
 def wait_reach(e, pred, what, extra=lambda: ''):
@@ -244,17 +257,24 @@ def test_notmuch_tag_synchronizes_flags(env):
 
 def test_mflag(env):
     inst, srv = env.inst, env.server
-    (path, mid), = pick(inst, 'INBOX', lambda sub, info: 'S' not in info and 'F' not in info)
+    # mflag -S on an unread message in new/ (mflag renames within the directory)
+    (path, mid), = pick(inst, 'INBOX', lambda sub, info: sub == 'new' and 'S' not in info)
     before = server_flags(srv, 'INBOX', mid)
     p = subprocess.run(['mflag', '-S', str(path)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and not p.stderr, p.stderr
     assert 'S' in letters_in_tree(inst, 'INBOX', mid), 'mflag -S: the tree did not change'
     wait_reach(env, lambda: server_flags(srv, 'INBOX', mid) == before | {'\\Seen'}, 'mflag -S')
-    new = next(f[0] for f in inst.tree_files('INBOX') if mid_of(f[0]) == mid)
-    p = subprocess.run(['mflag', '-F', str(new)], capture_output=True, text=True, timeout=30)
+
+    # mflag -F, then -f -s, on a read message in cur/
+    (path, mid), = pick(inst, 'Work', lambda sub, info: sub == 'cur' and 'F' not in info)
+    before = server_flags(srv, 'Work', mid)
+    assert '\\Seen' in before
+    p = subprocess.run(['mflag', '-F', str(path)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and not p.stderr, p.stderr
-    wait_reach(env, lambda: server_flags(srv, 'INBOX', mid) == before | {'\\Seen', '\\Flagged'}, 'mflag -F')
-    new = next(f[0] for f in inst.tree_files('INBOX') if mid_of(f[0]) == mid)
-    p = subprocess.run(['mflag', '-s', '-f', str(new)], capture_output=True, text=True, timeout=30)
+    assert 'F' in letters_in_tree(inst, 'Work', mid), 'mflag -F: the tree did not change'
+    wait_reach(env, lambda: server_flags(srv, 'Work', mid) == before | {'\\Flagged'}, 'mflag -F')
+    inst.wait_quiescent(30)
+    new, _ = find_in_tree(inst, 'Work', mid)
+    p = subprocess.run(['mflag', '-f', '-s', str(new)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and not p.stderr, p.stderr
-    wait_reach(env, lambda: server_flags(srv, 'INBOX', mid) == before, 'mflag -s -f')
+    wait_reach(env, lambda: server_flags(srv, 'Work', mid) == before - {'\\Seen'}, 'mflag -f -s')
