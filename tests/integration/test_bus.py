@@ -31,7 +31,7 @@ REQ_HEADER = b'ACSW\x01\x01\x00\x02'    # version 1, kind signed, purpose CRED_R
 
 
 def _bin(name):
-    for p in (BUILD_DIR / 'lib' / name, BUILD_DIR / 'syncd' / name):
+    for p in (BUILD_DIR / 'lib' / name, BUILD_DIR / 'syncd' / name, BUILD_DIR / 'fs' / name):
         if p.exists():
             return str(p)
     raise FileNotFoundError(f'{name} not built in {BUILD_DIR}')
@@ -40,14 +40,14 @@ def _bin(name):
 class Driver:
     """acs-bus-driver running one acs-syncd as nobody; events() as parsed JSON lines."""
 
-    def __init__(self, dir, password, agent_args, daemon_user=None, hold_cred=False):
+    def __init__(self, dir, password, agent_args, daemon_user=None, hold_cred=False, as_nobody=True):
         self.dir = dir
         rfd, wfd = os.pipe()
         os.write(wfd, password.encode() + b'\n')
         os.close(wfd)
         self.proc = subprocess.Popen(
             [_bin('acs-bus-driver'), '--dir', str(dir / 'bus'), '--password-fd', str(rfd),
-             '--agent-uid', str(NOBODY.pw_uid), '--agent-gid', str(NOBODY.pw_gid),
+             *(['--agent-uid', str(NOBODY.pw_uid), '--agent-gid', str(NOBODY.pw_gid)] if as_nobody else []),
              *(['--daemon-user', daemon_user] if daemon_user else []),
              *(['--hold-cred'] if hold_cred else []), '--', *agent_args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(dir / 'driver.log', 'wb'),
@@ -275,3 +275,4 @@ def test_stop_while_waiting_for_the_password(harness_tmp):
         if d:
             d.close()
         dv.close()
+
