@@ -38,7 +38,7 @@
 #define BACKOFF_MAX 60    /* seconds between restarts of a dying child, at most */
 #define STABLE_USEC (60 * USEC_PER_SEC) /* a child that ran this long starts over at 1 s */
 #define STOP_TERM_USEC (2 * USEC_PER_SEC) /* STOP on the bus, then SIGTERM after this */
-#define SYNC_TIMEOUT_USEC (120 * USEC_PER_SEC)
+#define SYNC_TIMEOUT_USEC (25 * USEC_PER_SEC) /* of silence from acs-syncd (clients time out at 30 s) */
 #define MOUNT_RETRY_USEC (20 * 1000)
 #define MOUNT_WAIT_USEC (10 * USEC_PER_SEC) /* waiting for acs-syncd to create the cache */
 #define REJECT_LOG_PER_WINDOW 20
@@ -695,14 +695,18 @@ static void on_child_exit(pid_t pid, int status, void *userdata)
                 return;
         }
         if (c->kind == ACS_AGENT_SYNCD && in->attempting) {
-                /* died before telling the login result */
-                if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+                /* died before telling the login result: its exit status says why */
+                int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+                if (code == EX_NOPERM)
                         login_rejected(in);
+                else if (code == EX_TEMPFAIL || code == EX_UNAVAILABLE || code == EX_PROTOCOL ||
+                         code == EX_CONFIG)
+                        login_failed(in, -EHOSTUNREACH); /* network, certificate, protocol, URL */
                 else
-                        login_failed(in, -EHOSTUNREACH);
+                        login_failed(in, -EIO); /* a crash, the cache: acsd's side of things */
                 return;
         }
-        if (c->kind == ACS_AGENT_SYNCD && WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+        if (c->kind == ACS_AGENT_SYNCD && WIFEXITED(status) && WEXITSTATUS(status) == EX_NOPERM) {
                 c->wanted = false;
                 set_state(in, INST_AUTHFAIL);
                 return;
@@ -1018,6 +1022,7 @@ static void handle_progress(inst_mgr *m, child *c, const char *sender, const acs
          * that was already running may have missed what the client wants to see */
         uint64_t pass = ++m->pass;
         for (inst_req *req; (req = req_pick(in, pass, true)); ) {
+                (void)acs_loop_timer_arm(req->timer, SYNC_TIMEOUT_USEC, 0);
                 if (ev == ACS_AGENT_PROGRESS_SYNCED) {
                         if (req->round_started)
                                 sync_done(in, req, 0);
@@ -1039,8 +1044,10 @@ static void handle_status(inst_mgr *m, child *c, const char *sender, const acs_w
                 return;
         if (st == ACS_AGENT_STATE_SYNCING)
                 for (inst_req *req = in->reqs; req; req = req->next)
-                        if (req->is_sync)
+                        if (req->is_sync) {
                                 req->round_started = true;
+                                (void)acs_loop_timer_arm(req->timer, SYNC_TIMEOUT_USEC, 0);
+                        }
         if ((st == ACS_AGENT_STATE_ONLINE || st == ACS_AGENT_STATE_SYNCING) && in->state == INST_OFFLINE)
                 set_state(in, INST_ONLINE);
         else if (st == ACS_AGENT_STATE_OFFLINE && in->state == INST_ONLINE)

@@ -141,7 +141,7 @@ typedef void (*inst_progress_cb)(void *ud, const char *mailbox, uint64_t done, u
  * progress. The request ends with the first sync round that acs-syncd begins after
  * SYNC_NOW was sent (STATUS or PROGRESS "syncing", then PROGRESS "synced"): a round
  * already running when the request came may have missed what the client waits for. No
- * such round within 120 s: -ETIMEDOUT. 0 and *ret_req (cb runs later, at least once with finished = true, unless
+ * word from acs-syncd for 25 s (clients give up at 30): -ETIMEDOUT. 0 and *ret_req (cb runs later, at least once with finished = true, unless
  * cancelled), -ENOENT (no running instance), -EINVAL (mailbox not 1..1024 bytes of
  * UTF-8 without control characters), -EHOSTUNREACH (agent not connected now), -ENOMEM.
  */
