@@ -70,6 +70,7 @@ struct inst_req {
         bool is_sync;
         inst_open_cb open_cb;   /* open */
         bool reopen;            /* open waiting for a stopping instance to be gone */
+        char key[24];           /* open: its password's name in the pending vault, "#<id>" */
         inst_progress_cb sync_cb; /* sync */
         char *mailbox;          /* sync: "" for all */
         bool round_started;     /* sync: acs-syncd began a round after SYNC_NOW was sent */
@@ -100,6 +101,7 @@ struct inst {
         bool mounted;           /* a mount (maybe dead) is at tree */
         bool ever_mounted;      /* the vault's password was confirmed once: tree is served */
         bool userdb;            /* acsd wrote a user record for uid (removed when it stops) */
+        bool fresh_cache;       /* the cache directory was made for this instance */
         unsigned sessions;
         unsigned restarts;
         int64_t since, last_sync;
@@ -128,8 +130,6 @@ struct inst_mgr {
         gid_t agent_gid;
         uid_t tree_uid;
         gid_t tree_gid;
-        bool fs_has_owner;      /* acs-fs takes --owner UID:GID */
-        bool fs_has_mode;       /* acs-fs takes --mode MODE */
         bool fs_has_bus;        /* acs-fs takes --bus/--key-fd */
         inst *list;
         size_t n_inst;
@@ -260,11 +260,8 @@ static void req_unlink(inst_req *req)
 
 static void req_free(inst_mgr *m, inst_req *req)
 {
-        if (!req->is_sync) {
-                char key[32];
-                snprintf(key, sizeof(key), "#%" PRIu64, req->id);
-                (void)acs_vault_delete(m->pending, key);
-        }
+        if (!req->is_sync)
+                (void)acs_vault_delete(m->pending, req->key);
         acs_loop_timer_free(req->timer);
         free(req->mailbox);
         free(req);
@@ -321,11 +318,9 @@ static bool secret_equal(const void *a, size_t alen, const void *b, size_t blen)
 /* Whether the queued open req carries the password now in the vault. -errno on failure. */
 static int req_matches_vault(inst *in, inst_req *req)
 {
-        char key[32];
-        snprintf(key, sizeof(key), "#%" PRIu64, req->id);
         _cleanup_secret_ char *a = NULL, *b = NULL;
         size_t alen = 0, blen = 0;
-        int r = acs_vault_get(in->m->pending, key, &a, &alen);
+        int r = acs_vault_get(in->m->pending, req->key, &a, &alen);
         if (r < 0)
                 return r;
         r = acs_vault_get(in->m->vault, in->user, &b, &blen);
@@ -414,14 +409,10 @@ static char **child_argv(child *c)
                 ADD(m->o.fs_path);
                 ADD("--db"); ADD(in->db);
                 ADD("--layout"); ADD(cfg->tree_layout == ACS_LAYOUT_MAILDIRPP ? "maildir++" : "fs");
-                if (m->fs_has_owner) {
-                        snprintf(num, sizeof(num), "%u:%u", (unsigned)m->tree_uid, (unsigned)m->tree_gid);
-                        ADD("--owner"); ADD(num);
-                }
-                if (m->fs_has_mode) {
-                        snprintf(num, sizeof(num), "0%o", cfg->tree_mode & 07777);
-                        ADD("--mode"); ADD(num);
-                }
+                snprintf(num, sizeof(num), "%u:%u", (unsigned)m->tree_uid, (unsigned)m->tree_gid);
+                ADD("--owner"); ADD(num);
+                snprintf(num, sizeof(num), "0%o", cfg->tree_mode & 07777);
+                ADD("--mode"); ADD(num);
                 if (m->fs_has_bus) {
                         ADD("--bus"); ADD(m->bus_address);
                         snprintf(num, sizeof(num), "%d", KEY_FD);
@@ -789,11 +780,9 @@ static void login_rejected(inst *in)
                 for (inst_req *req = in->reqs; req; req = req->next) {
                         if (req->is_sync || req->reopen)
                                 continue;
-                        char key[32];
-                        snprintf(key, sizeof(key), "#%" PRIu64, req->id);
                         _cleanup_secret_ char *pw = NULL;
                         size_t len = 0;
-                        int r = acs_vault_get(in->m->pending, key, &pw, &len);
+                        int r = acs_vault_get(in->m->pending, req->key, &pw, &len);
                         if (r == 0)
                                 r = acs_vault_put(in->m->vault, in->user, pw, len);
                         if (r == 0)
@@ -1287,6 +1276,16 @@ static bool uid_taken(inst_mgr *m, uid_t uid, const char *user)
         return false;
 }
 
+static void forget_owned(inst_mgr *m, const char *user)
+{
+        for (size_t i = 0; i < m->n_owned; i++)
+                if (strcmp(m->owned[i].user, user) == 0) {
+                        free(m->owned[i].user);
+                        m->owned[i] = m->owned[--m->n_owned];
+                        return;
+                }
+}
+
 static int remember_owned(inst_mgr *m, uid_t uid, const char *user)
 {
         for (size_t i = 0; i < m->n_owned; i++)
@@ -1364,6 +1363,7 @@ static int prepare_cache(inst *in)
         if (!exists) {
                 if (mkdir(in->cache_dir, 0700) < 0)
                         return -errno;
+                in->fresh_cache = true;
                 if (lchown(in->cache_dir, in->uid, in->gid) < 0)
                         return -errno;
         } else if (st.st_uid != in->uid || st.st_gid != in->gid) {
@@ -1521,11 +1521,15 @@ static void on_finish(acs_loop_timer *t, void *userdata)
                 (void)inst_umount(in->tree);
         if (rmdir(in->tree) < 0 && errno != ENOENT && errno != EBUSY)
                 acs_log(LOG_WARNING, "instance %s: cannot remove %s: %m", in->user, in->tree);
-        if (!in->persistent) {
+        /* a memory cache goes; so does a persistent one made for a start whose login failed
+         * (else every failed OPEN of a new name would keep a directory and an agent uid) */
+        if (!in->persistent || (in->fresh_cache && !in->ever_mounted)) {
                 int r = rm_rf(in->cache_dir);
                 if (r < 0)
-                        acs_log(LOG_ERR, "instance %s: cannot delete the memory cache %s: %s", in->user,
+                        acs_log(LOG_ERR, "instance %s: cannot delete the cache %s: %s", in->user,
                                 in->cache_dir, strerror(-r));
+                if (in->persistent)
+                        forget_owned(m, in->user);
         }
         (void)acs_vault_delete(m->vault, in->user);
         inst_event ev = { .kind = INST_EV_CLOSED, .user = in->user, .mailbox = "", .state = INST_STOPPING };
@@ -1549,11 +1553,9 @@ static void on_finish(acs_loop_timer *t, void *userdata)
                 next = req->next;
                 req->next = NULL;
                 req->reopen = false;
-                char key[32];
-                snprintf(key, sizeof(key), "#%" PRIu64, req->id);
                 _cleanup_secret_ char *pw = NULL;
                 size_t len = 0;
-                int r = m->shutting_down ? -ESHUTDOWN : acs_vault_get(m->pending, key, &pw, &len);
+                int r = m->shutting_down ? -ESHUTDOWN : acs_vault_get(m->pending, req->key, &pw, &len);
                 if (r == 0)
                         r = open_new(m, user, pw, len, req);
                 if (r < 0) {
@@ -1659,9 +1661,8 @@ int inst_open(inst_mgr *m, const char *user, const char *password, size_t len, i
         req->id = ++m->next_req_id;
         req->open_cb = cb;
         req->ud = ud;
-        char key[32];
-        snprintf(key, sizeof(key), "#%" PRIu64, req->id);
-        int r = acs_vault_put(m->pending, key, password, len);
+        snprintf(req->key, sizeof(req->key), "#%" PRIu64, req->id);
+        int r = acs_vault_put(m->pending, req->key, password, len);
         if (r < 0) {
                 free(req);
                 return r;
@@ -2163,13 +2164,8 @@ int inst_mgr_new(acs_loop *loop, const acs_config *cfg, const inst_opts *opts, i
         if ((r = build_env(m)) < 0)
                 goto fail;
         char *help = fs_help(m, opts->fs_path);
-        m->fs_has_owner = help && strstr(help, "--owner");
-        m->fs_has_mode = help && strstr(help, "--mode");
         m->fs_has_bus = help && strstr(help, "--key-fd");
         free(help);
-        if (!m->fs_has_owner || !m->fs_has_mode)
-                acs_log(LOG_WARNING, "%s takes no %s: the tree's files do not show [tree] %s", opts->fs_path,
-                        !m->fs_has_owner ? "--owner" : "--mode", !m->fs_has_owner ? "owner/group" : "mode");
 
         if ((r = acs_vault_new(&m->vault)) < 0 || (r = acs_vault_new(&m->pending)) < 0)
                 goto fail;
@@ -2230,7 +2226,7 @@ inst_mgr *inst_mgr_free(inst_mgr *m)
                 if (use_uid_range(m))
                         kill_uid(in->uid);
                 (void)rmdir(in->tree);
-                if (!in->persistent)
+                if (!in->persistent || (in->fresh_cache && !in->ever_mounted))
                         (void)rm_rf(in->cache_dir);
                 inst_free(in);
         }

@@ -164,6 +164,11 @@ def test_persistent_caches_keep_their_uid(seeded, harness_tmp):
             _wait(a, lambda: maildir_files(a.tree(user) / 'INBOX'), 60, f'mail of {user}')
             uids[user] = a.agent_uid(a.agents(user)['syncd'][0])
         assert uids['user1'] != uids['user2']
+        # a refused login of a new name keeps neither a directory nor a uid
+        with pytest.raises(AcsError) as e:
+            a.open('nosuchuser', 'x')
+        assert e.value.code == 'auth'
+        _wait(a, lambda: not (a.cache_dir / 'nosuchuser').exists(), 10, 'the failed cache to go')
         for user, uid in uids.items():
             st = os.lstat(a.cache_dir / user)
             assert st.st_uid == uid and stat.S_IMODE(st.st_mode) == 0o700, (user, st)
