@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <grp.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -1130,25 +1129,75 @@ static void on_bus_io(acs_loop_io *io, int fd, unsigned events, void *userdata)
 
 /* ---- instances ---- */
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+/*
+ * Walks the tree below the directory dfd (owned by the caller; closed here) without ever
+ * following a symlink or leaving the file system: every step is relative to a descriptor
+ * opened with O_NOFOLLOW, so an agent that swaps a directory for a symlink meanwhile
+ * cannot steer root's unlink or chown elsewhere. remove: unlinks everything below (the
+ * caller removes dfd's directory); else chowns everything below to uid:gid.
+ * 0 or the first -errno (the walk goes on).
+ */
+static int walk_below(int dfd, bool remove, uid_t uid, gid_t gid, unsigned depth)
 {
-        int r = flag == FTW_DP ? rmdir(path) : unlink(path);
-        return r < 0 && errno != ENOENT ? -1 : 0;
+        DIR *d = fdopendir(dfd);
+        if (!d) {
+                close(dfd);
+                return -errno;
+        }
+        int ret = 0;
+        struct stat dst;
+        if (fstat(dirfd(d), &dst) < 0 || depth > 64)
+                ret = depth > 64 ? -ELOOP : -errno;
+        struct dirent *de;
+        while (ret == 0 && (de = readdir(d))) {
+                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+                        continue;
+                struct stat st;
+                int r = 0;
+                if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                        r = errno == ENOENT ? 0 : -errno;
+                else if (S_ISDIR(st.st_mode) && st.st_dev == dst.st_dev) {
+                        int sub = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                        r = sub < 0 ? -errno : walk_below(sub, remove, uid, gid, depth + 1);
+                        if (r == 0 && remove && unlinkat(dirfd(d), de->d_name, AT_REMOVEDIR) < 0)
+                                r = -errno;
+                } else if (S_ISDIR(st.st_mode))
+                        r = -EXDEV; /* a mount below a cache: leave it alone */
+                else if (remove && unlinkat(dirfd(d), de->d_name, 0) < 0)
+                        r = -errno;
+                if (!remove && r == 0 && fchownat(dirfd(d), de->d_name, uid, gid, AT_SYMLINK_NOFOLLOW) < 0)
+                        r = -errno;
+                if (r < 0 && ret == 0)
+                        ret = r;
+        }
+        closedir(d);
+        return ret;
 }
 
-/* Removes a directory tree without following symlinks or crossing mounts. */
+/* Removes the directory path and everything in it (see walk_below). 0 also if it is gone. */
 static int rm_rf(const char *path)
 {
-        if (nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) < 0 && errno != ENOENT)
-                return -errno;
-        return 0;
+        int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return errno == ENOENT ? 0 : -errno;
+        int r = walk_below(fd, true, 0, 0, 0);
+        if (r == 0 && rmdir(path) < 0 && errno != ENOENT)
+                r = -errno;
+        return r;
 }
 
-static uid_t chown_to_uid;
-static gid_t chown_to_gid;
-static int chown_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+/* Gives the directory path and everything in it to uid:gid (see walk_below). */
+static int chown_r(const char *path, uid_t uid, gid_t gid)
 {
-        return lchown(path, chown_to_uid, chown_to_gid) < 0 ? -1 : 0;
+        int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        if (fchown(fd, uid, gid) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        return walk_below(fd, false, uid, gid, 0);
 }
 
 /*
@@ -1368,10 +1417,9 @@ static int prepare_cache(inst *in)
                         return -errno;
         } else if (st.st_uid != in->uid || st.st_gid != in->gid) {
                 /* the persistent cache of a user whose uid changed: hand it over */
-                chown_to_uid = in->uid;
-                chown_to_gid = in->gid;
-                if (nftw(in->cache_dir, chown_entry, 16, FTW_PHYS | FTW_MOUNT) < 0)
-                        return -errno;
+                r = chown_r(in->cache_dir, in->uid, in->gid);
+                if (r < 0)
+                        return r;
         }
         if (chmod(in->cache_dir, 0700) < 0)
                 return -errno;
