@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "acs/local.h"
@@ -1311,8 +1312,42 @@ void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 
 /* ---- start and stop ---- */
 
-/* Settles one marker left by a crash (see MARKER_PREFIX). */
-static void settle_marker(fs_ctx *ctx, acs_store *s, const char *marker)
+/*
+ * A process killed inside COMMIT after the WAL was written (and even synced) but before
+ * the shared WAL index was updated leaves a transaction in limbo: invisible to connections
+ * that were open all along (acs-syncd's), visible once the last connection closed and the
+ * next one rebuilt the index from the WAL, unless a write overwrote those frames first.
+ * One durable write of our own settles it for good (committed if our connection rebuilt
+ * the index, gone if it did not), so what the markers are checked against cannot change
+ * afterwards.
+ */
+static int settle_limbo(acs_store *s)
+{
+        char now[64];
+        struct timespec ts;
+        int r;
+
+        /* a value never written before: SQLite skips writing a cell whose content is unchanged */
+        clock_gettime(CLOCK_REALTIME, &ts);
+        snprintf(now, sizeof(now), "%lld.%09ld pid %d", (long long)ts.tv_sec, ts.tv_nsec, (int)getpid());
+        r = acs_store_begin(s, true);
+        if (r < 0)
+                return r;
+        r = acs_store_meta_set(s, "acs-fs.spool-settled", now);
+        if (r == 0)
+                r = acs_store_commit(s);
+        if (r < 0)
+                acs_store_rollback(s);
+        return r;
+}
+
+/*
+ * Settles one marker left by a crash (see MARKER_PREFIX). A marker that cannot be read
+ * whole was being written when the crash came: the transaction had not begun. When the
+ * cache cannot answer, the marker stays and the error is returned (acs-fs does not start
+ * rather than guess).
+ */
+static int settle_marker(fs_ctx *ctx, acs_store *s, const char *marker)
 {
         char buf[PATH_MAX * 2 + 64], path[PATH_MAX];
         _cleanup_close_ int fd = open(marker, O_RDONLY | O_CLOEXEC);
@@ -1320,7 +1355,7 @@ static void settle_marker(fs_ctx *ctx, acs_store *s, const char *marker)
         ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
         const char *part[4];
         size_t at = 0;
-        int i;
+        int i, r = 0;
 
         if (n > 0) {
                 buf[n] = '\0';
@@ -1330,20 +1365,27 @@ static void settle_marker(fs_ctx *ctx, acs_store *s, const char *marker)
                 }
                 if (i == 4 && at <= (size_t)n) {
                         int64_t src = strtoll(part[0], NULL, 10), target = strtoll(part[2], NULL, 10);
-                        int r = acs_store_message_get_by_uniq(s, target, part[3], &m);
-                        if (r == 0 && spool_path(ctx, src, part[1], path) == 0) {
+                        r = acs_store_message_get_by_uniq(s, target, part[3], &m);
+                        acs_message_clear(&m);
+                        if (r == 0) {
                                 /* committed: the message is there; the tmp/ file must go */
-                                if (unlink(path) == 0)
+                                if (spool_path(ctx, src, part[1], path) == 0 && unlink(path) == 0)
                                         acs_log(LOG_INFO, "append of tmp/%s was committed before a crash; spool file removed",
                                                 part[1]);
                         } else if (r == -ENOENT) {
                                 acs_log(LOG_INFO, "append of tmp/%s did not commit before a crash; it stays in tmp/",
                                         part[1]);
+                                r = 0;
+                        } else {
+                                acs_log(LOG_ERR, "%s: cannot look the append up: %s (%s)", marker,
+                                        strerror(-r), acs_store_errmsg(s));
+                                return r;
                         }
-                        acs_message_clear(&m);
                 }
         }
-        (void)unlink(marker);
+        if (unlink(marker) < 0 && errno != ENOENT)
+                return -errno;
+        return r;
 }
 
 int fs_spool_init(fs_ctx *ctx)
@@ -1364,17 +1406,27 @@ int fs_spool_init(fs_ctx *ctx)
                 if (strncmp(de->d_name, MARKER_PREFIX, strlen(MARKER_PREFIX)) != 0)
                         continue;
                 if (!s) {
-                        r = acs_store_open(ctx->db_path, ACS_STORE_READONLY, &s, &err);
+                        r = acs_store_open(ctx->db_path, 0, &s, &err);
+                        if (r == 0)
+                                r = settle_limbo(s);
                         if (r < 0) {
-                                acs_log(LOG_ERR, "cannot open the cache: %s", err ? err : strerror(-r));
+                                acs_log(LOG_ERR, "cannot open the cache: %s",
+                                        err ? err : s ? acs_store_errmsg(s) : strerror(-r));
                                 free(err);
+                                acs_store_close(s);
                                 closedir(dir);
                                 return r;
                         }
                 }
-                if (snprintf(marker, sizeof(marker), "%s/%s", ctx->spool_dir, de->d_name) <
+                if (snprintf(marker, sizeof(marker), "%s/%s", ctx->spool_dir, de->d_name) >=
                     (int)sizeof(marker))
-                        settle_marker(ctx, s, marker);
+                        continue;
+                r = settle_marker(ctx, s, marker);
+                if (r < 0) {
+                        acs_store_close(s);
+                        closedir(dir);
+                        return r;
+                }
         }
         closedir(dir);
         acs_store_close(s);

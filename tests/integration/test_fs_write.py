@@ -3,6 +3,7 @@
 and queues exactly the right op in the cache's op log (no server involved: acs-syncd replays
 the op log in other tests)."""
 
+import contextlib
 import errno
 import os
 import shutil
@@ -72,10 +73,16 @@ def tree(request):
             shutil.rmtree(t.base, ignore_errors=True)
 
 
+@contextlib.contextmanager
 def db(t):
+    """A read-only connection to the cache, closed again on leaving (an open connection
+    changes what SQLite does after a writer was killed: see the kill tests)."""
     con = sqlite3.connect(f'file:{t.db}?mode=ro', uri=True, timeout=10)
     con.row_factory = sqlite3.Row
-    return con
+    try:
+        yield con
+    finally:
+        con.close()
 
 
 def ops(t):
@@ -549,14 +556,34 @@ def test_owner_and_mode_options(tree):
 
 # ---- crash safety of an append ----
 
+def _wait_traced(pid, timeout=10):
+    """Waits until every thread of pid has a tracer (strace attached to all of them)."""
+    def traced():
+        try:
+            for task in os.listdir(f'/proc/{pid}/task'):
+                with open(f'/proc/{pid}/task/{task}/status') as f:
+                    if 'TracerPid:\t0\n' in f.read():
+                        return False
+            return True
+        except FileNotFoundError:
+            return True
+    assert wait_for(traced, timeout) is not None, 'strace did not attach'
+
+
+def _strace(t, syscall, when=None, log=None):
+    """strace on acs-fs for syscall (a comma list); with when, the when-th call of any of them
+    in any thread kills it (SIGKILL)."""
+    cmd = ['strace', '-f', '-qq', '-o', str(log or os.devnull), '-e', f'trace={syscall}']
+    if when:
+        cmd += ['-e', f'inject={syscall}:signal=KILL:when={when}']
+    st = subprocess.Popen(cmd + ['-p', str(t.mount.pid)], stderr=subprocess.DEVNULL)
+    _wait_traced(t.mount.pid)
+    return st
+
+
 def _kill_at_first(t, syscall):
     """Attaches strace to acs-fs so the first `syscall` of any of its threads kills it (SIGKILL)."""
-    log = t.base / f'strace-{syscall}.out'
-    st = subprocess.Popen(['strace', '-f', '-qq', '-o', str(log), '-e', f'trace={syscall}',
-                           '-e', f'inject={syscall}:signal=KILL:when=1', '-p', str(t.mount.pid)],
-                          stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # attached to every thread
-    return st
+    return _strace(t, syscall, 1)
 
 
 @pytest.mark.parametrize('syscall,committed', [('fsync', False), ('unlink', True)])
@@ -592,3 +619,107 @@ def test_append_killed_mid_way_ends_up_exactly_once(tree, syscall, committed):
         # the client tries again: appended once
         os.rename(inbox / 'tmp' / 'crash.1', inbox / 'new' / 'crash.1')
         assert [o['kind'] for o in ops(tree)] == [APPEND]
+
+
+# the system calls of an append's path in acs-fs (the spool file, the marker, SQLite's WAL)
+APPEND_STEPS = ('openat', 'write', 'pwrite64', 'fsync', 'fdatasync', 'unlink', 'close')
+
+
+def _append_state(t, inbox, text):
+    """'done' (appended once, tmp/ empty) or 'not' (not appended, file still in tmp/)."""
+    rows = [m for m in message_rows(t) if m['uniq'] == 'step.1']
+    appends = [o for o in ops(t) if o['kind'] == APPEND]
+    spool = Path(str(t.db) + '.spool')
+    assert not [n for n in os.listdir(spool) if n.startswith('.commit-')], 'a marker was left'
+    if rows:
+        assert len(rows) == 1 and len(appends) == 1 and names(inbox / 'tmp') == []
+        assert (inbox / 'new' / one(inbox / 'new', 'step.1')).read_bytes() == text
+        return 'done'
+    assert appends == [] and names(inbox / 'tmp') == ['step.1']
+    assert (inbox / 'tmp' / 'step.1').read_bytes() == text
+    return 'not'
+
+
+@pytest.mark.parametrize('reader', [False, True], ids=['alone', 'with-reader'])
+def test_append_killed_at_every_step(tree, reader):
+    """acs-fs SIGKILLed at each system call of an append's path in turn (strace inject: the
+    N-th openat, write, pwrite64, fsync, fdatasync, unlink, close of any thread, N = 1, 2, ...
+    until the append completes without reaching it; each from a fresh mount), then
+    restarted: the tmp/ file is
+    appended exactly once, or not at all and still in tmp/; never both, never twice. A client
+    that retries after 'not' appends it once.
+
+    with-reader: another connection stays open all along (as acs-syncd's does). A kill inside
+    COMMIT after the WAL write then leaves the transaction in limbo (the shared WAL index was
+    not updated); acs-fs settles it on start with a write of its own before it looks at the
+    markers (write.c: settle_limbo): committed when its connection rebuilt the index
+    (alone), gone when it could not (with-reader); either way the markers agree."""
+    inbox = tree.root / 'INBOX'
+    text = b'Subject: step\n\n' + b'x' * 5000 + b'\n'
+    held = sqlite3.connect(f'file:{tree.db}?mode=ro', uri=True) if reader else None
+    if held:
+        held.execute('SELECT count(*) FROM message').fetchone()
+    outcomes = {'done': 0, 'not': 0}
+    counts = {}
+    for sc in APPEND_STEPS:
+        when = 1
+        while True:
+            assert when < 200, f'{sc}: no end of steps'
+            # every step from the same state: a fresh mount (the last close checkpointed the
+            # WAL away, so the transaction also writes and syncs a new WAL header)
+            tree.mount.stop_clean()
+            start(tree)
+            (inbox / 'tmp' / 'step.1').write_bytes(text)
+            st = _strace(tree, sc, when)
+            try:
+                try:
+                    os.rename(inbox / 'tmp' / 'step.1', inbox / 'new' / 'step.1')
+                except OSError:
+                    pass
+                wait_for(lambda: tree.mount.proc.poll() is not None, 0.3)
+            finally:
+                st.send_signal(signal.SIGINT)
+                st.wait(timeout=10)
+            killed = tree.mount.proc.poll() == -signal.SIGKILL
+            if killed:
+                tree.mount.stop()
+                start(tree)
+            state = _append_state(tree, inbox, text)
+            if killed and held:
+                # the reader goes, everything is reopened (SQLite rebuilds the WAL index
+                # from the WAL): what was settled stays settled
+                held.close()
+                tree.mount.stop_clean()
+                start(tree)
+                assert _append_state(tree, inbox, text) == state, f'{sc} #{when}: changed on reopen'
+                held = sqlite3.connect(f'file:{tree.db}?mode=ro', uri=True)
+                held.execute('SELECT count(*) FROM message').fetchone()
+            if killed:
+                outcomes[state] += 1
+            else:
+                assert state == 'done'  # no N-th call: the append went through untouched
+            if state == 'not':  # the client retries
+                os.rename(inbox / 'tmp' / 'step.1', inbox / 'new' / 'step.1')
+                assert _append_state(tree, inbox, text) == 'done'
+            os.unlink(inbox / 'new' / one(inbox / 'new', 'step.1'))
+            _clear_ops(tree)
+            if not killed:
+                break
+            when += 1
+        counts[sc] = when - 1
+        assert counts[sc] > 0 or sc in ('write', 'close'), f'{sc}: never called by an append'
+    if held:
+        held.close()
+    steps = sum(counts.values())
+    print(f'append killed at {steps} steps {counts}: {outcomes}')
+    assert counts['fsync'] >= 1 and counts['unlink'] >= 1 and counts['pwrite64'] >= 1
+    assert outcomes['done'] > 0 and outcomes['not'] > 0
+
+
+def _clear_ops(t):
+    """Empties the op log (what acs-syncd does once replayed), so each step starts clean."""
+    con = sqlite3.connect(str(t.db), timeout=10, isolation_level=None)
+    try:
+        con.execute('DELETE FROM op')
+    finally:
+        con.close()
