@@ -96,7 +96,8 @@ def wait_reach(e, pred, what, extra=lambda: ''):
         if time.monotonic() > deadline:
             raise AssertionError(f'{what}: not on the server after {REACH_TIMEOUT} s; ops left '
                                  f'{e.inst.ops()[:5]}\n{extra()}\n--- acs-syncd log:\n'
-                                 f'{e.inst.syncd_log_tail(3000)}\n--- acs-fs log:\n{e.inst.fs_log_tail(2000)}')
+                                 f'{e.inst.syncd_log_tail(3000)}\n--- acs-fs log:\n{e.inst.fs_log_tail(2000)}'
+                                 f'\n--- Dovecot log:\n{e.dovecot.log_tail(15)}')
         time.sleep(0.02)
     return True
 

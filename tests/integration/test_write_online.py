@@ -6,7 +6,6 @@ state (p50/p90 printed per kind; p50 must be <= 200 ms)."""
 import errno
 import os
 import re
-import statistics
 import time
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from acstest import imapcheck, mutf7
 from acstest.corpus import Corpus
 from acstest.dovecot import Dovecot
-from acstest.instance import LETTER_FLAGS, Instance, diff_states, split_name, to_crlf
+from acstest.instance import LETTER_FLAGS, Instance, diff_states, to_crlf
 
 USER = 'user1'
 SAMPLES = 24           # >= 20 per kind (the brief)
@@ -166,7 +165,8 @@ def wait_server(e, pred, what, t0):
         if time.monotonic() > deadline:
             raise AssertionError(f'{what}: not on the server after {SAMPLE_TIMEOUT} s; ops left: '
                                  f'{e.inst.ops()[:5]}\n--- acs-syncd log:\n{e.inst.syncd_log_tail()}'
-                                 f'\n--- acs-fs log:\n{e.inst.fs_log_tail(2000)}')
+                                 f'\n--- acs-fs log:\n{e.inst.fs_log_tail(2000)}'
+                                 f'\n--- Dovecot log:\n{e.dovecot.log_tail(15)}')
         time.sleep(POLL)
 
 
