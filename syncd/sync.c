@@ -695,6 +695,26 @@ static char *kw_apply(const char *cur, const char *add, const char *del)
 }
 
 /*
+ * Whether the cached row is still (mailbox_id, uid): acs-fs may have moved or expunged it
+ * since the sync read the mailbox (inside the transaction this is stable). Then the
+ * server's news about the uid is not about the row any more: its op decides.
+ */
+static int row_still(acs_store *st, int64_t id, int64_t mailbox_id, uint32_t uid, bool *ret)
+{
+        acs_message m = {0};
+        int r = acs_store_message_get(st, id, &m);
+        if (r == -ENOENT) {
+                *ret = false;
+                return 0;
+        }
+        if (r < 0)
+                return r;
+        *ret = m.mailbox_id == mailbox_id && m.uid == uid;
+        acs_message_clear(&m);
+        return 0;
+}
+
+/*
  * Applies the server's flags to a cached message, then re-applies the deltas of the local
  * flag changes still waiting in the op log (so the tree keeps showing them); moves it
  * new/ -> cur/ when it became \Seen.
@@ -737,7 +757,7 @@ int syncd_merged_flags(acs_store *st, int64_t message_id, unsigned server_flags,
         return r;
 }
 
-static int apply_flags(acs_store *st, const pending *pend, localmsg *lm, const srvmsg *sm)
+static int apply_flags(acs_store *st, const pending *pend, int64_t mailbox_id, localmsg *lm, const srvmsg *sm)
 {
         if (!sm->have_flags)
                 return 0;
@@ -746,6 +766,15 @@ static int apply_flags(acs_store *st, const pending *pend, localmsg *lm, const s
         int r = merge_flags(pend, lm->id, sm->flags, sm->keywords, &flags, &kw);
         if (r < 0)
                 return r;
+        if (lm->flags != flags || strcmp(lm->keywords, kw) != 0 ||
+            ((lm->state & ACS_MSG_NEW) && (flags & ACS_FLAG_SEEN))) {
+                bool same = false;
+                r = row_still(st, lm->id, mailbox_id, lm->uid, &same);
+                if (r < 0)
+                        return r;
+                if (!same)
+                        return 0;
+        }
         if (lm->flags != flags || strcmp(lm->keywords, kw) != 0) {
                 r = acs_store_message_set_flags(st, lm->id, flags, kw, sm->modseq);
                 if (r == -ENOENT)
@@ -961,7 +990,10 @@ static int expunge_absent(mbsync *ms, const uint32_t *keep, size_t nkeep, uint32
                         k++;
                 if (k < nkeep && keep[k] == uid)
                         continue;
-                int r = acs_store_message_delete(st, ms->local.v[i].id);
+                bool same = false;
+                int r = row_still(st, ms->local.v[i].id, ms->mb.id, uid, &same);
+                if (r == 0 && same)
+                        r = acs_store_message_delete(st, ms->local.v[i].id);
                 if (r < 0 && r != -ENOENT)
                         return r;
         }
@@ -1025,7 +1057,7 @@ static int scan_full(mbsync *ms)
         for (size_t i = 0; i < all.n; i++) {
                 localmsg *lm = local_find(&ms->local, all.v[i].uid);
                 if (lm) {
-                        r = apply_flags(st, &ms->pend, lm, &all.v[i]);
+                        r = apply_flags(st, &ms->pend, ms->mb.id, lm, &all.v[i]);
                         if (r < 0)
                                 goto fail;
                 } else if (!pending_removes(&ms->pend, ms->mb.id, all.v[i].uid)) {
@@ -1098,7 +1130,7 @@ static int apply_changes(mbsync *ms, srvlist *changed)
                 localmsg *lm = local_find(&ms->local, changed->v[i].uid);
                 if (!lm)
                         continue; /* new: scan_new fetches it with its size */
-                int r = apply_flags(st, &ms->pend, lm, &changed->v[i]);
+                int r = apply_flags(st, &ms->pend, ms->mb.id, lm, &changed->v[i]);
                 if (r < 0)
                         return r;
         }
@@ -1230,7 +1262,10 @@ static int sync_qresync(mbsync *ms, bool *ret_uidvalidity_changed)
                 for (size_t k = 0; k < ngone; k++) {
                         if (uid < gone[2 * k] || uid > gone[2 * k + 1])
                                 continue;
-                        r = acs_store_message_delete(st, ms->local.v[i].id);
+                        bool same = false;
+                        r = row_still(st, ms->local.v[i].id, ms->mb.id, uid, &same);
+                        if (r == 0 && same)
+                                r = acs_store_message_delete(st, ms->local.v[i].id);
                         if (r < 0 && r != -ENOENT)
                                 goto fail;
                         r = 0;
