@@ -734,11 +734,16 @@ static int attempt_start(inst *in)
  * The attempt failed with r (-EHOSTUNREACH, -ETIMEDOUT, ...): waiting opens get r. A
  * fresh instance stops; a served one (AUTHFAIL retry) goes back to AUTHFAIL.
  */
-static void login_failed(inst *in, int r)
+/* The login attempt has its answer (or none will come). */
+static void attempt_end(inst *in)
 {
         in->attempting = false;
         acs_loop_timer_disarm(in->login);
-        fail_opens(in, r);
+}
+
+/* No password works now: a fresh instance stops; a served one stays, in authfail, without acs-syncd. */
+static void no_login(inst *in)
+{
         if (!in->ever_mounted) {
                 inst_stop(in);
                 return;
@@ -746,6 +751,13 @@ static void login_failed(inst *in, int r)
         child_stop(&in->syncd);
         set_state(in, INST_AUTHFAIL);
         update_idle(in);
+}
+
+static void login_failed(inst *in, int r)
+{
+        attempt_end(in);
+        fail_opens(in, r);
+        no_login(in);
 }
 
 /* Answers the waiting opens after a login with the vault's password succeeded (ok) or was refused. */
@@ -770,8 +782,7 @@ static void resolve_opens(inst *in, bool ok, bool *ret_leftover)
 static void login_rejected(inst *in)
 {
         bool leftover = false;
-        in->attempting = false;
-        acs_loop_timer_disarm(in->login);
+        attempt_end(in);
         acs_log(LOG_NOTICE, "instance %s: the IMAP server refused the password", in->user);
         resolve_opens(in, false, &leftover);
         if (leftover) {
@@ -791,13 +802,7 @@ static void login_rejected(inst *in)
                         return;
                 }
         }
-        if (!in->ever_mounted) {
-                inst_stop(in);
-                return;
-        }
-        child_stop(&in->syncd);
-        set_state(in, INST_AUTHFAIL);
-        update_idle(in);
+        no_login(in);
 }
 
 static void on_login_timeout(acs_loop_timer *t, void *userdata)
@@ -850,8 +855,7 @@ static void login_ok(inst *in)
 {
         bool leftover;
         bool was_attempt = in->attempting;
-        in->attempting = false;
-        acs_loop_timer_disarm(in->login);
+        attempt_end(in);
         in->syncd.backoff = 1;
         if (!in->ever_mounted) {
                 in->mount_wait_start = acs_loop_now();
@@ -969,8 +973,7 @@ static void handle_login_result(inst_mgr *m, child *c, const char *sender, const
                 else {
                         /* the password changed on the server: serve the cache, stop trying */
                         acs_log(LOG_WARNING, "instance %s: the IMAP server now refuses the password", in->user);
-                        child_stop(&in->syncd);
-                        set_state(in, INST_AUTHFAIL);
+                        no_login(in);
                 }
                 break;
         case ACS_AGENT_LOGIN_UNAVAILABLE:
