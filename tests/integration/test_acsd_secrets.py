@@ -112,6 +112,9 @@ def test_no_secret_on_bus_argv_environ_db_logs(dv, harness_tmp):
         cap = mon.raw()
         for s in (SECRET, SECRET2, 'Wrong-needle-77'):
             assert not contains_secret(cap, s), f'password {s!r} on the bus'
+        # Secret keys travel only in the key handover over an inherited pipe (magic
+        # "ACSK", include/acs/wire.h): never on the bus.
+        assert b'ACSK' not in cap, 'a key handover blob on the bus'
 
         # -- the cache databases (memory and persistent dirs), acsd's files, its log --
         files = list(_files_below(a.cache_dir, a.memory_dir, a.run_dir, a.dir))
@@ -127,6 +130,7 @@ def test_no_secret_on_bus_argv_environ_db_logs(dv, harness_tmp):
                 continue
             for s in (SECRET, SECRET2, 'Wrong-needle-77'):
                 assert not contains_secret(data, s), f'password in {path}'
+            assert b'ACSK' not in data, f'a key handover blob in {path}'
         # journald, when acsd or its agents log there
         j = subprocess.run(['journalctl', '--since', '-10min', '-o', 'cat', '--no-pager'],
                            capture_output=True)
