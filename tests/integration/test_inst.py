@@ -210,3 +210,48 @@ def test_crashed_acsd_leaves_nothing_running(seeded, harness_tmp):
         _wait(a, lambda: maildir_files(inbox), 60, 'mail after the restart')
     finally:
         _teardown(a)
+
+
+def test_open_while_stopping(seeded, harness_tmp):
+    """An OPEN that arrives while the idle stop runs (state stopping) waits for the old
+    instance to be gone and gets a fresh one."""
+    require_fuse()
+    a = Acsd(harness_tmp / 'acsd', dovecot=seeded, idle_timeout=1)
+    try:
+        caught = 0
+        for _ in range(5):
+            ok = a.open('user1', 'pass1')
+            inbox = a.tree('user1') / 'INBOX'
+            _wait(a, lambda: maildir_files(inbox), 60, 'mail in the tree')
+            old = a.agents('user1')['syncd']
+            with a.client() as c:
+                c.resume(ok['token'])
+                c.call('CLOSE')
+                deadline = time.monotonic() + 10
+                state = None
+                while time.monotonic() < deadline:
+                    try:
+                        _, items = c.call('STATUS user1')
+                        state = items[0]['state']
+                    except AcsError as e:
+                        state = e.code
+                    if state in ('stopping', 'notfound'):
+                        break
+                if state != 'stopping':
+                    continue  # missed the window; try again
+                r = c.open('user1', 'pass1')
+            caught += 1
+            assert r['path'] == str(inbox.parent)
+            _wait(a, lambda: maildir_files(inbox), 60, 'mail after the open during the stop')
+            new = a.agents('user1')['syncd']
+            assert new and not set(new) & set(old), (old, new)
+            assert _status(a, 'user1')['state'] == 'online'
+            with a.client() as c:
+                c.resume(r['token'])
+                c.call('CLOSE')
+            _wait(a, lambda: not a.mounted('user1'), 30, 'the idle stop')
+            if caught >= 2:
+                break
+        assert caught, 'never saw the instance in state stopping (5 tries): the test did not test'
+    finally:
+        _teardown(a)
