@@ -273,3 +273,27 @@ def test_watch_events_until_closed(sockpath):
     assert r.returncode == 0, r.stderr
     assert [json.loads(x) for x in r.stdout.splitlines()] == [
         {'event': 'state', 'state': 'offline'}, {'event': 'closed'}]
+
+
+def test_no_leaks_or_memory_errors(sockpath):
+    """open, status and an error path under valgrind (plain build; in the ASan build the
+    same runs are checked by ASan/LSan itself)."""
+    wrap = [] if paths.sanitized_build() else [
+        'valgrind', '--leak-check=full', '--errors-for-leak-kinds=definite,indirect',
+        '--error-exitcode=99', '-q']
+    runs = [
+        ([HELLO, (b'OPEN ', [f'OK OPEN token={TOKEN} user=u path=/p'.encode()])],
+         ['--json', 'open', 'u'], b'pw\n', 0),
+        ([HELLO, (b'STATUS', [b'DATA STATUS user=a state=online', b'OK STATUS count=1'])],
+         ['status'], b'', 0),
+        ([HELLO, (b'SYNC', [b'DATA SYNC mailbox= done=1 total=2', b'ERR unavailable down'])],
+         ['sync', 'u'], b'', 69),
+    ]
+    for script, args, stdin, want in runs:
+        if os.path.exists(sockpath):
+            os.unlink(sockpath)
+        fake = FakeAcsd(sockpath, script)
+        r = subprocess.run(wrap + [paths.binary('acsctl'), '-s', str(sockpath), *args],
+                           input=stdin, capture_output=True, timeout=120)
+        fake.close()
+        assert r.returncode == want, (args, r.returncode, r.stderr.decode(errors='replace'))
