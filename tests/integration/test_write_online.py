@@ -422,3 +422,38 @@ def test_link_is_refused(env):
     assert path.exists()
     assert inst.op_count() == 0
 
+
+
+def write_into(path):
+    """Opens a message file for writing (root passes the 0444 mode) and writes one byte."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, b'X')
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def test_writes_without_mail_meaning_fail_and_change_nothing(env):
+    """symlink, mkfifo, writing into or truncating a message file: each fails with an errno
+    and leaves the tree, the op log and the server as they were."""
+    inst = env.inst
+    path, sub, uniq, info = files(inst, 'INBOX', 'cur')[0]
+    data = path.read_bytes()
+    before = inst.server_state(bodies=False)
+    tries = {
+        'symlink': lambda: os.symlink(path.name, path.parent / ('sym' + uniq)),
+        'mkfifo': lambda: os.mkfifo(path.parent / ('fifo' + uniq)),
+        'write into a message': lambda: write_into(path),
+        'chmod': lambda: os.chmod(path, 0o644),
+        'truncate': lambda: os.truncate(path, 0),
+    }
+    for what, call in tries.items():
+        with pytest.raises(OSError) as ei:
+            call()
+        print(f'{what}: {errno.errorcode.get(ei.value.errno)}')
+    assert path.read_bytes() == data
+    assert sorted(os.listdir(path.parent)) == sorted(p.name for p, s, _, _ in inst.tree_files('INBOX') if s == sub)
+    assert not [n for n in os.listdir(path.parent) if n.startswith(('sym', 'fifo'))]
+    assert inst.op_count() == 0
+    assert diff_states(before, inst.server_state(bodies=False)) == []
