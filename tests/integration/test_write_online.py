@@ -457,3 +457,45 @@ def test_writes_without_mail_meaning_fail_and_change_nothing(env):
     assert not [n for n in os.listdir(path.parent) if n.startswith(('sym', 'fifo'))]
     assert inst.op_count() == 0
     assert diff_states(before, inst.server_state(bodies=False)) == []
+
+
+def test_maildirpp_layout_writes(harness_tmp):
+    """The same writes through a Maildir++ tree (INBOX at the root, folders as .A.B):
+    a flag rename, a move, mkdir .X + append into it, a folder rename; all reach the server."""
+    dv = Dovecot(harness_tmp / 'dovecot')
+    inst = None
+    try:
+        Corpus(SEED, 40, folders=('INBOX', 'Work', 'Work/Projects')).seed_maildir(dv, USER)
+        inst = Instance(dv, USER, harness_tmp / 'acs', layout='maildir++')
+        inst.wait_quiescent(60)
+        assert (inst.tree / 'cur').is_dir() and (inst.tree / '.Work.Projects' / 'cur').is_dir()
+        kw = inst._keywords_by_letter()
+        (p1, _, u1, i1), (p2, _, u2, i2) = files(inst, 'INBOX', 'cur')[:2]
+        flagged = flags_of_letters(i1, kw) ^ {'\\Flagged'}
+        os.rename(p1, p1.with_name(with_info(p1, i1.replace('F', '') if 'F' in i1 else i1 + 'F')))
+        mid2 = mid_of(p2)
+        os.rename(p2, inst.tree / '.Work.Projects' / 'cur' / p2.name)
+        os.mkdir(inst.tree / '.Neu')
+        assert (inst.tree / '.Neu' / 'tmp').is_dir()
+        data = b'From: a@example.org\nSubject: maildir++ append\nMessage-ID: <mpp-append@acs.test>\n\nbody\n'
+        (inst.tree / '.Neu' / 'tmp' / 'mpp1').write_bytes(data)
+        os.rename(inst.tree / '.Neu' / 'tmp' / 'mpp1', inst.tree / '.Neu' / 'cur' / 'mpp1:2,S')
+        os.rename(inst.tree / '.Work.Projects', inst.tree / '.Work.Proj2')
+        inst.wait_quiescent(60)
+        srv = Server(dv, USER)
+        try:
+            assert {'Neu', 'Work/Proj2'} <= srv.folders() and 'Work/Projects' not in srv.folders()
+            assert srv.flags('INBOX', uid_of(inst, 'INBOX', u1)) == flagged
+            assert len(srv.uids_by_mid('Work/Proj2', mid2)) == 1
+            (uid,) = srv.uids_by_mid('Neu', 'mpp-append@acs.test')
+            flags, _, body = srv.fetch('Neu', uid)
+            assert flags == {'\\Seen'} and body == to_crlf(data)
+        finally:
+            srv.close()
+        d = diff_states(inst.server_state(), inst.tree_state())
+        assert not d, '\n'.join(d)
+        inst.stop(check=True)
+    finally:
+        if inst:
+            inst.stop()
+        dv.close()
