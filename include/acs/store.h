@@ -254,7 +254,7 @@ enum acs_op_kind {
 typedef struct acs_op {
         int64_t seq;
         int kind;                 /* enum acs_op_kind */
-        int64_t mailbox_id;       /* source mailbox (0 for folder ops) */
+        int64_t mailbox_id;       /* source mailbox; folder ops: the mailbox's local row */
         int64_t message_id;       /* the local message row (0 when none) */
         uint32_t uid;             /* server uid at the time of the op (0 = none yet) */
         int64_t target_mailbox_id;
@@ -262,7 +262,7 @@ typedef struct acs_op {
         char *keywords_add, *keywords_del; /* space-separated, may be NULL */
         int64_t body_id;          /* APPEND and MOVE: body to (re-)append */
         int64_t internaldate;
-        char *name, *new_name;    /* folder ops: mailbox names (UTF-8) */
+        char *name, *new_name;    /* mailbox names (UTF-8) at the time: folder ops; message ops (local.h) */
         unsigned attempts;
         char *last_error;
 } acs_op;
