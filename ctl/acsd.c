@@ -137,25 +137,6 @@ static int raise_fd_limit(const acs_config *cfg)
         return 0;
 }
 
-static int mkdir_p(const char *path, mode_t mode)
-{
-        char buf[PATH_MAX];
-        if (strlen(path) >= sizeof(buf))
-                return -ENAMETOOLONG;
-        strcpy(buf, path);
-        for (char *p = buf + 1; *p; p++) {
-                if (*p != '/')
-                        continue;
-                *p = 0;
-                if (mkdir(buf, mode) < 0 && errno != EEXIST)
-                        return -errno;
-                *p = '/';
-        }
-        if (mkdir(buf, mode) < 0 && errno != EEXIST)
-                return -errno;
-        return 0;
-}
-
 /*
  * acsd stays root (it mounts, starts agents as other uids, removes their caches), but
  * keeps only the capabilities that needs: the rest leave its bounding set (so no child
@@ -445,7 +426,7 @@ int main(int argc, char **argv)
                 acs_log(LOG_CRIT, "out of memory");
                 goto out;
         }
-        r = mkdir_p(run_dir, 0755);
+        r = acsd_mkdir_parents(run_dir, 0755);
         if (r < 0 || chmod(run_dir, 0755) < 0) {
                 acs_log(LOG_ERR, "cannot create %s: %s", run_dir, strerror(r < 0 ? -r : errno));
                 exit_code = EX_CANTCREAT;

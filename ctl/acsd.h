@@ -63,6 +63,8 @@ void acsd_server_close_listener(acsd *d);
 /* Closes the listener and every connection (session.c hears of each), frees the server. */
 void acsd_server_stop(acsd *d);
 unsigned acsd_server_connections(const acsd *d);
+/* mkdir -p: path and its missing parents, with mode (existing ones are kept as they are). 0, -errno. */
+int acsd_mkdir_parents(const char *path, mode_t mode);
 
 /*
  * A client connection. Valid from acsd_session_conn_new() until acsd_session_conn_closed()

@@ -653,7 +653,7 @@ static void on_sweep(acs_loop_timer *t, void *userdata)
 
 /* ---- the socket file ---- */
 
-static int mkdir_parents(const char *path, mode_t mode)
+int acsd_mkdir_parents(const char *path, mode_t mode)
 {
         char buf[PATH_MAX];
         if (strlen(path) >= sizeof(buf))
@@ -705,7 +705,7 @@ int acsd_server_start(acsd *d)
         char *slash = strrchr(dir, '/');
         if (slash && slash != dir) {
                 *slash = 0;
-                r = mkdir_parents(dir, 0755);
+                r = acsd_mkdir_parents(dir, 0755);
                 if (r < 0) {
                         acs_log(LOG_ERR, "cannot create %s: %s", dir, strerrordesc_np(-r));
                         return r;
