@@ -43,20 +43,34 @@ static uint64_t get64(const uint8_t *p)
         return (uint64_t)get32(p) << 32 | get32(p + 4);
 }
 
+/* The 8-byte payloads (HELLO, LOGIN_RESULT, STATUS): two big-endian 32-bit fields. */
+static void put_pair(uint8_t out[8], uint32_t a, uint32_t b)
+{
+        put32(out, a);
+        put32(out + 4, b);
+}
+
+static int get_pair(const uint8_t *p, size_t len, uint32_t *ret_a, uint32_t *ret_b)
+{
+        if (len != 8)
+                return -EBADMSG;
+        *ret_a = get32(p);
+        *ret_b = get32(p + 4);
+        return 0;
+}
+
 /* ---- payloads ---- */
 
 void acs_agent_hello_pack(enum acs_agent_kind kind, uint32_t pid, uint8_t out[8])
 {
-        put32(out, (uint32_t)kind);
-        put32(out + 4, pid);
+        put_pair(out, (uint32_t)kind, pid);
 }
 
 int acs_agent_hello_parse(const uint8_t *p, size_t len, enum acs_agent_kind *ret_kind, uint32_t *ret_pid)
 {
-        if (len != 8)
-                return -EBADMSG;
-        uint32_t kind = get32(p), pid = get32(p + 4);
-        if ((kind != ACS_AGENT_SYNCD && kind != ACS_AGENT_FS) || pid == 0 || pid > INT32_MAX)
+        uint32_t kind, pid;
+        if (get_pair(p, len, &kind, &pid) < 0 || (kind != ACS_AGENT_SYNCD && kind != ACS_AGENT_FS) || pid == 0 ||
+            pid > INT32_MAX)
                 return -EBADMSG;
         *ret_kind = (enum acs_agent_kind)kind;
         *ret_pid = pid;
@@ -100,16 +114,14 @@ int acs_agent_cred_parse(const uint8_t *p, size_t len, char **ret, size_t *ret_l
 
 void acs_agent_login_pack(enum acs_agent_login result, uint32_t exit_status, uint8_t out[8])
 {
-        put32(out, (uint32_t)result);
-        put32(out + 4, exit_status);
+        put_pair(out, (uint32_t)result, exit_status);
 }
 
 int acs_agent_login_parse(const uint8_t *p, size_t len, enum acs_agent_login *ret_result, uint32_t *ret_exit_status)
 {
-        if (len != 8)
-                return -EBADMSG;
-        uint32_t r = get32(p), st = get32(p + 4);
-        if (r > ACS_AGENT_LOGIN_FAILED || st > 255 || (r == ACS_AGENT_LOGIN_OK) != (st == 0))
+        uint32_t r, st;
+        if (get_pair(p, len, &r, &st) < 0 || r > ACS_AGENT_LOGIN_FAILED || st > 255 ||
+            (r == ACS_AGENT_LOGIN_OK) != (st == 0))
                 return -EBADMSG;
         *ret_result = (enum acs_agent_login)r;
         *ret_exit_status = st;
@@ -154,19 +166,16 @@ int acs_agent_progress_parse(const uint8_t *p, size_t len, enum acs_agent_progre
 
 void acs_agent_status_pack(enum acs_agent_state st, uint32_t pending, uint8_t out[8])
 {
-        put32(out, (uint32_t)st);
-        put32(out + 4, pending);
+        put_pair(out, (uint32_t)st, pending);
 }
 
 int acs_agent_status_parse(const uint8_t *p, size_t len, enum acs_agent_state *ret_state, uint32_t *ret_pending)
 {
-        if (len != 8)
-                return -EBADMSG;
-        uint32_t st = get32(p);
-        if (st < ACS_AGENT_STATE_CONNECTING || st > ACS_AGENT_STATE_STOPPING)
+        uint32_t st, pending;
+        if (get_pair(p, len, &st, &pending) < 0 || st < ACS_AGENT_STATE_CONNECTING || st > ACS_AGENT_STATE_STOPPING)
                 return -EBADMSG;
         *ret_state = (enum acs_agent_state)st;
-        *ret_pending = get32(p + 4);
+        *ret_pending = pending;
         return 0;
 }
 
