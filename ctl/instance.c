@@ -122,6 +122,8 @@ struct inst_mgr {
         acs_wire_pub acsd_pub;
         acs_bus *bus;
         acs_loop_io *bus_io;
+        acs_loop_timer *bus_timer; /* pending in-memory messages, or a restart after losing the bus */
+        unsigned bus_backoff;
         char *bus_address;
         pid_t bus_daemon;       /* 0 when the bus is not ours */
         char **env;             /* children's environment (no secrets) */
@@ -965,6 +967,7 @@ static void handle_login_result(inst_mgr *m, child *c, const char *sender, const
                 return;
         switch (res) {
         case ACS_AGENT_LOGIN_OK:
+                acs_log(LOG_DEBUG, "instance %s: %s (pid %d) logged in", in->user, c->name, (int)c->pid);
                 login_ok(in);
                 break;
         case ACS_AGENT_LOGIN_REJECTED:
@@ -1117,15 +1120,72 @@ static void bus_kick(inst_mgr *m)
                 (void)acs_loop_io_set(m->bus_io, ev);
 }
 
+static int start_bus(inst_mgr *m);
+
+/* The bus connection (or its dbus-daemon) is gone: drop it, start over after a pause. */
+static void bus_lost(inst_mgr *m, int r)
+{
+        acs_log(LOG_CRIT, "bus: connection lost (%s); agents cannot get passwords until it is back",
+                strerror(-r));
+        m->bus_io = acs_loop_io_free(m->bus_io);
+        m->bus = acs_bus_free(m->bus);
+        m->bus_address = acs_free(m->bus_address);
+        for (inst *in = m->list; in; in = in->next) {
+                in->syncd.bus_name = acs_free(in->syncd.bus_name);
+                in->fs.bus_name = acs_free(in->fs.bus_name);
+        }
+        m->bus_backoff = 1;
+        if (!m->shutting_down)
+                (void)acs_loop_timer_arm(m->bus_timer, USEC_PER_SEC, 0);
+}
+
+/* Restarts the bus (own: a new dbus-daemon); agents that lost it reconnect when acsd restarts them. */
+static void on_bus_timer(acs_loop_timer *t, void *userdata)
+{
+        inst_mgr *m = userdata;
+        if (m->bus_io) {
+                /* in-memory messages left after a round: dispatch them (the fd will not tell) */
+                int r = acs_bus_dispatch(m->bus);
+                if (r < 0)
+                        return bus_lost(m, r);
+                if (acs_bus_has_pending(m->bus))
+                        (void)acs_loop_timer_arm(m->bus_timer, 0, 0);
+                bus_kick(m);
+                return;
+        }
+        if (m->shutting_down)
+                return;
+        if (m->bus_daemon > 0) {
+                (void)acs_bus_daemon_stop(m->bus_daemon);
+                m->bus_daemon = 0;
+        }
+        int r = start_bus(m);
+        if (r < 0) {
+                m->bus_io = acs_loop_io_free(m->bus_io);
+                m->bus = acs_bus_free(m->bus);
+                m->bus_address = acs_free(m->bus_address);
+                m->bus_backoff = m->bus_backoff * 2 > 30 ? 30 : m->bus_backoff * 2;
+                acs_log(LOG_ERR, "bus: cannot restart it (%s); trying again in %u s", strerror(-r), m->bus_backoff);
+                (void)acs_loop_timer_arm(m->bus_timer, m->bus_backoff * USEC_PER_SEC, 0);
+                return;
+        }
+        acs_log(LOG_NOTICE, "bus: back at %s", m->bus_address);
+}
+
 static void on_bus_io(acs_loop_io *io, int fd, unsigned events, void *userdata)
 {
         inst_mgr *m = userdata;
-        int r = acs_bus_dispatch(m->bus);
-        if (r < 0) {
-                acs_log(LOG_CRIT, "bus: connection lost (%s); agents cannot get passwords until acsd restarts",
-                        strerror(-r));
-                m->bus_io = acs_loop_io_free(m->bus_io);
-                return;
+        /* a handler's blocking call (peer credentials) may leave complete messages in
+         * memory, which polling the fd would not report: drain a few rounds, then the rest
+         * from a zero timer, so one busy bus cannot hold the loop */
+        for (unsigned i = 0; i < 16; i++) {
+                int r = acs_bus_dispatch(m->bus);
+                if (r < 0)
+                        return bus_lost(m, r);
+                if (!acs_bus_has_pending(m->bus))
+                        break;
+                if (i == 15)
+                        (void)acs_loop_timer_arm(m->bus_timer, 0, 0);
         }
         bus_kick(m);
 }
@@ -2242,6 +2302,9 @@ int inst_mgr_new(acs_loop *loop, const acs_config *cfg, const inst_opts *opts, i
                 userdb_clean(m->o.uid_min, m->o.uid_max);
         if ((r = scan_persistent(m)) < 0)
                 goto fail;
+        if ((r = acs_loop_timer_add(loop, 0, 0, on_bus_timer, m, &m->bus_timer)) < 0)
+                goto fail;
+        acs_loop_timer_disarm(m->bus_timer);
         if ((r = start_bus(m)) < 0)
                 goto fail;
         *ret = m;
@@ -2291,6 +2354,7 @@ inst_mgr *inst_mgr_free(inst_mgr *m)
         }
         free(m->bus_address);
         free(m->run_dir);
+        acs_loop_timer_free(m->bus_timer);
         acs_loop_timer_free(m->shutdown_timer);
         acs_wire_free(m->wire);
         acs_vault_free(m->vault);
