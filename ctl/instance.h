@@ -36,6 +36,7 @@
  *   -ENOENT        no such instance (ERR notfound)
  *   -EINVAL        a malformed user or mailbox name (ERR value)
  *   -ESHUTDOWN     acsd is shutting down (ERR unavailable)
+ *   -EIO           acs-syncd died before telling its login result (ERR internal)
  *   other -errno   a resource failure in acsd (ERR internal)
  */
 
@@ -61,8 +62,10 @@ typedef struct inst_opts {
 /*
  * Creates the manager: the vault, acsd's wire keys, the bus (starts dbus-daemon or
  * connects to cfg->bus_address), resolves the tree owner/group and agent user, creates
- * tree_root and the cache directories, removes memory caches left by an earlier acsd,
- * and learns which agent uids persistent caches under cache_dir already own. cfg and
+ * tree_root and the cache directories; cleans up after an acsd that died (detaches its
+ * fuse.acs mounts below tree_root, removes its memory caches, /run/userdb records of the
+ * uid range and its dbus-daemon); learns which agent uids persistent caches under
+ * cache_dir already own. cfg and
  * opts (and their strings) must outlive the manager. Must run as root, after
  * acs_loop_signals() (children are watched through the loop).
  * 0, -EPERM (not root), -ENOENT (a user or group in cfg does not exist, a program is
@@ -86,8 +89,8 @@ inst_mgr *inst_mgr_free(inst_mgr *m);
 typedef void (*inst_open_cb)(void *ud, int r, const char *tree);
 
 /*
- * Opens user's instance with password (len bytes, 1..ACS_VAULT_SECRET_MAX, any bytes;
- * the caller keeps and wipes its copy).
+ * Opens user's instance with password (len bytes, 1..ACS_AGENT_PASSWORD_MAX (1024), any
+ * bytes but NUL; the caller keeps and wipes its copy).
  *
  * - Running instance whose agent is logged in: the password is compared in constant time
  *   with the vault's (a mismatch is -EACCES). Answered at once: returns 1, *ret_tree set
