@@ -115,6 +115,22 @@ static void registry_remove(void **v, size_t *n, void *p)
                 }
 }
 
+/* A zeroed handle of size bytes, registered in v; NULL when out of memory. */
+static void *registry_new(void ***v, size_t *n, size_t *cap, size_t size)
+{
+        void *p = calloc(1, size);
+        if (p && registry_add(v, n, cap, p) < 0)
+                p = acs_free(p);
+        return p;
+}
+
+/* Unregisters and frees a handle of registry_new. */
+static void registry_free(void **v, size_t *n, void *p)
+{
+        registry_remove(v, n, p);
+        free(p);
+}
+
 /* ---- fd watches ---- */
 
 static uint32_t epoll_bits(unsigned events)
@@ -127,19 +143,14 @@ int acs_loop_io_add(acs_loop *l, int fd, unsigned events, acs_loop_io_fn fn, voi
 {
         if (!l || fd < 0 || !fn)
                 return -EINVAL;
-        acs_loop_io *io = calloc(1, sizeof(*io));
+        acs_loop_io *io = registry_new((void ***)&l->ios, &l->n_ios, &l->cap_ios, sizeof(*io));
         if (!io)
                 return -ENOMEM;
         *io = (acs_loop_io){ .loop = l, .fd = fd, .events = events, .fn = fn, .userdata = userdata };
-        if (registry_add((void ***)&l->ios, &l->n_ios, &l->cap_ios, io) < 0) {
-                free(io);
-                return -ENOMEM;
-        }
         struct epoll_event ev = { .events = epoll_bits(events), .data.ptr = io };
         if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
                 int r = -errno;
-                registry_remove((void **)l->ios, &l->n_ios, io);
-                free(io);
+                registry_free((void **)l->ios, &l->n_ios, io);
                 return r;
         }
         if (ret)
@@ -246,18 +257,13 @@ int acs_loop_timer_add(acs_loop *l, uint64_t after_usec, uint64_t interval_usec,
 {
         if (!l || !fn)
                 return -EINVAL;
-        acs_loop_timer *t = calloc(1, sizeof(*t));
+        acs_loop_timer *t = registry_new((void ***)&l->timers, &l->n_timers, &l->cap_timers, sizeof(*t));
         if (!t)
                 return -ENOMEM;
         *t = (acs_loop_timer){ .loop = l, .fn = fn, .userdata = userdata };
-        if (registry_add((void ***)&l->timers, &l->n_timers, &l->cap_timers, t) < 0) {
-                free(t);
-                return -ENOMEM;
-        }
         int r = acs_loop_timer_arm(t, after_usec, interval_usec);
         if (r < 0) {
-                registry_remove((void **)l->timers, &l->n_timers, t);
-                free(t);
+                registry_free((void **)l->timers, &l->n_timers, t);
                 return r;
         }
         if (ret)
@@ -298,8 +304,7 @@ acs_loop_timer *acs_loop_timer_free(acs_loop_timer *t)
         if (!t)
                 return NULL;
         acs_loop_timer_disarm(t);
-        registry_remove((void **)t->loop->timers, &t->loop->n_timers, t);
-        free(t);
+        registry_free((void **)t->loop->timers, &t->loop->n_timers, t);
         return NULL;
 }
 
