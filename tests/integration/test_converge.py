@@ -34,6 +34,7 @@ import random
 import re
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -54,6 +55,31 @@ APPEAR = 15.0
 LOCAL_FLAGS = {'F': '\\Flagged', 'S': '\\Seen', 'D': '\\Draft'}
 SERVER_FLAGS = ('\\Answered', '$label1')
 MID_RE = re.compile(rb'Message-ID: <([^>]+)>', re.I)
+HANG = 10.0   # seconds a killed acs-fs and the call it was serving get to end
+
+
+def fs_threads(pid):
+    """'tid state kernel-function' of each thread of a (dying) process."""
+    out = []
+    try:
+        for t in sorted(os.listdir(f'/proc/{pid}/task')):
+            try:
+                state = open(f'/proc/{pid}/task/{t}/stat').read().rsplit(')', 1)[1].split()[0]
+                wchan = open(f'/proc/{pid}/task/{t}/wchan').read().strip()
+            except OSError:
+                continue
+            out.append(f'{t} {state} {wchan}')
+    except OSError:
+        pass
+    return out
+
+
+def abort_mount(path):
+    """Aborts a FUSE connection whose daemon cannot answer any more: umount -f (FUSE's
+    umount_begin aborts the connection, so blocked calls return ENOTCONN and a daemon
+    thread stuck in the kernel can exit), then a lazy unmount."""
+    subprocess.run(['umount', '-f', str(path)], stdin=subprocess.DEVNULL, capture_output=True)
+    subprocess.run(['umount', '-l', str(path)], stdin=subprocess.DEVNULL, capture_output=True)
 
 
 def parse_seeds(text):
@@ -445,16 +471,36 @@ class Run:
             commit()
             self.note(desc)
             return
-        pid = self.inst.fs.pid
-        timer = threading.Timer(self.rng.uniform(0, 0.004), os.kill, (pid, signal.SIGKILL))
+        fs = self.inst.fs
+        timer = threading.Timer(self.rng.uniform(0, 0.004), os.kill, (fs.pid, signal.SIGKILL))
+        res = {}
+
+        def run_act():
+            try:
+                act()
+            except OSError as e:
+                res['err'] = e
+        worker = threading.Thread(target=run_act, daemon=True)
         timer.start()
-        err = None
-        try:
-            act()
-        except OSError as e:
-            err = e
+        worker.start()
         timer.join()
-        self.inst.kill_fs()     # reaps it (waits for the timer's SIGKILL) and unmounts
+        worker.join(HANG)
+        hung = worker.is_alive()
+        try:
+            fs.wait(timeout=HANG)
+            dead = True
+        except subprocess.TimeoutExpired:
+            dead = False
+        if hung or not dead:
+            threads = fs_threads(fs.pid)
+            abort_mount(self.inst.tree)
+            worker.join(HANG)
+            raise AssertionError(
+                f'{desc}: acs-fs got SIGKILL during the call and {"did not exit" if not dead else "exited"}'
+                f'{", the call hung" if hung else ""} (threads left: {threads}); the FUSE connection '
+                f'had to be aborted (umount -f)')
+        err = res.get('err')
+        self.inst.kill_fs()     # reaps it and unmounts the dead mount
         self.inst.start_fs()
         done = probe()
         if err is None:

@@ -40,6 +40,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +60,7 @@ USER_POOL = 1500
 FS_SETTLE = 0.3      # seconds after the write returned (acs-fs watcher invalidations)
 SYNCD_SETTLE = 0.5   # seconds after quiescence (acs-syncd processing its own echo)
 KILL_WAIT = 10.0     # seconds for acs-syncd to reach the kill point or finish the replay
+HANG = 10.0          # seconds for the write's call, and for a killed process, to end
 QUIESCE = 60.0
 SETTLE_BEFORE = 0.3  # seconds between the instance's start and the write
 APPEND_DATE = 1700000000
@@ -355,6 +357,47 @@ def final_state(inst):
     return server
 
 
+def _wait_exit(proc):
+    try:
+        return proc.wait(timeout=HANG)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _state(pid):
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def _threads(pid):
+    """'tid state kernel-function' of each thread of a (dying) process."""
+    out = []
+    try:
+        for t in sorted(os.listdir(f'/proc/{pid}/task')):
+            try:
+                with open(f'/proc/{pid}/task/{t}/stat') as f:
+                    state = f.read().rsplit(')', 1)[1].split()[0]
+                with open(f'/proc/{pid}/task/{t}/wchan') as f:
+                    wchan = f.read().strip()
+            except OSError:
+                continue
+            out.append(f'{t} {state} {wchan}')
+    except OSError:
+        pass
+    return out
+
+
+def abort_mount(path):
+    """Aborts a FUSE connection whose daemon cannot answer: umount -f (FUSE's umount_begin
+    aborts the connection: blocked calls return ENOTCONN, a daemon thread stuck in the
+    kernel can exit), then a lazy unmount."""
+    subprocess.run(['umount', '-f', str(path)], stdin=subprocess.DEVNULL, capture_output=True)
+    subprocess.run(['umount', '-l', str(path)], stdin=subprocess.DEVNULL, capture_output=True)
+
+
 def victim_pid(inst, victim):
     p = inst.fs if victim == 'fs' else inst.syncd
     assert p is not None and p.poll() is None, f'acs-{victim} is not running'
@@ -408,14 +451,32 @@ def run_once(pool, tmp, victim, kind, point=None, trace_out=None):
             assert t < len(threads), f'acs-{victim} has {len(threads)} threads now, point {point}'
             st = Strace(['-e', 'trace=' + call, '-e', f'inject={call}:signal=KILL:when={n}'],
                         [threads[t]], tmp / f'{user}.trace')
-        try:
+        res = {}
+
+        def do():
             try:
                 w.do()
             except OSError as e:
-                err = e
+                res['err'] = e
+        worker = threading.Thread(target=do, daemon=True)
+        try:
+            worker.start()
+            worker.join(HANG)
             status = wait_done(inst, victim, KILL_WAIT)
         finally:
             st.detach()
+        proc = inst.fs if victim == 'fs' else inst.syncd
+        # killed: reaped, or its main thread a zombie while another thread cannot end
+        dying = status is not None or _state(proc.pid) in ('Z', 'X')
+        if worker.is_alive() or (dying and _wait_exit(proc) is None):
+            threads = _threads(proc.pid)
+            abort_mount(inst.tree)
+            worker.join(HANG)
+            raise AssertionError(f'{kind}: acs-{victim} killed at {point}: the call '
+                                 f'{"hung" if worker.is_alive() else "returned"}, acs-{victim} '
+                                 f'threads left {threads}; the FUSE connection had to be aborted')
+        err = res.get('err')
+        status = proc.poll()
         if point is None:
             assert err is None, f'{kind}: the write failed without a kill: {err!r}\n{inst.fs_log_tail()}'
             assert status is None, f'acs-{victim} died ({status}) in the reference run'
@@ -486,7 +547,7 @@ def test_kill_at_every_step(pool, harness_tmp, victim, kind):
     ref, seqs = run_once(pool, harness_tmp, victim, kind, trace_out=harness_tmp / 'ref.trace')
     assert EXPECT[kind](ref), f'{kind}: the reference run does not show the write:\n{ref}'
     points = kill_points(seqs)
-    every = kill_points(seqs, every=True)
+    n_calls = sum(1 for calls in seqs.values() for _, _, is_log in calls if not is_log)
     assert points, f'acs-{victim} made no {"/".join(STEP_CALLS[:4])}... call during {kind}'
     killed, seen = 0, collections.Counter()
     failures = []
@@ -508,11 +569,11 @@ def test_kill_at_every_step(pool, harness_tmp, victim, kind):
                 break
     per_call = collections.Counter(f'{call}@t{t}' for t, calls in seqs.items()
                                    for call, _, is_log in calls if not is_log)
-    line = (f'kill-points: acs-{victim} {kind}: {len(points)} points run of {len(every)} calls '
+    line = (f'kill-points: acs-{victim} {kind}: {len(points)} points run of {n_calls} calls '
             f'({", ".join(f"{k} {v}" for k, v in sorted(per_call.items()))}), killed in {killed}, '
             f'tree after restart {dict(seen)}, {time.monotonic() - t0:.1f} s')
     print(line)
-    RESULTS[(victim, kind)] = (len(points), killed, len(every))
+    RESULTS[(victim, kind)] = (len(points), killed, n_calls)
     assert not failures, line + '\n' + '\n'.join(failures)
     # a point that is never reached means the path changed between the runs; a few may
     # (acs-syncd's echo processing after the replay varies), most must be hit
