@@ -13,7 +13,9 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <stdlib.h>
 #include <sysexits.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <gnutls/gnutls.h>
@@ -1143,4 +1145,75 @@ int acs_imap_error_exit_status(int err)
         default:
                 return EX_SOFTWARE;
         }
+}
+
+/* ---- APPEND with a non-synchronizing literal ---- */
+
+int acs_imap_append_nosync(mailimap *imap, const char *mailbox, const char *flags, int64_t internaldate,
+                           const char *body, size_t len, uint32_t *ret_uidvalidity, uint32_t *ret_uid)
+{
+        if (!mailimap_has_extension(imap, "LITERAL+"))
+                return -ENOTSUP;
+        /* "APPEND" SP quoted-mailbox [SP flags] [SP "date"] SP "{" len "+}" CRLF literal CRLF */
+        size_t ml = strlen(mailbox);
+        _cleanup_free_ char *cmd = malloc(2 * ml + (flags ? strlen(flags) : 0) + 128);
+        if (!cmd)
+                return -ENOMEM;
+        char *p = cmd;
+        p += sprintf(p, "APPEND \"");
+        for (const char *s = mailbox; *s; s++) {
+                if (*s == '\r' || *s == '\n' || (unsigned char)*s >= 0x80)
+                        return -EINVAL;
+                if (*s == '"' || *s == '\\')
+                        *p++ = '\\';
+                *p++ = *s;
+        }
+        *p++ = '"';
+        if (flags && *flags)
+                p += sprintf(p, " %s", flags);
+        if (internaldate > 0) {
+                static const char *mon[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+                time_t t = (time_t)internaldate;
+                struct tm tm;
+                if (gmtime_r(&t, &tm))
+                        p += sprintf(p, " \"%02d-%s-%04d %02d:%02d:%02d +0000\"", tm.tm_mday, mon[tm.tm_mon],
+                                     tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        }
+        p += sprintf(p, " {%zu+}\r\n", len);
+
+        int r = mailimap_send_current_tag(imap);
+        if (r != MAILIMAP_NO_ERROR)
+                return -ECONNRESET;
+        if (mailstream_write(imap->imap_stream, cmd, (size_t)(p - cmd)) < 0 ||
+            (len && mailstream_write(imap->imap_stream, body, len) < 0) ||
+            mailstream_write(imap->imap_stream, "\r\n", 2) < 0 || mailstream_flush(imap->imap_stream) == -1)
+                return -ECONNRESET;
+        if (!mailimap_read_line(imap))
+                return -ECONNRESET;
+        struct mailimap_response *resp = NULL;
+        r = mailimap_parse_response(imap, &resp);
+        if (r != MAILIMAP_NO_ERROR)
+                return r == MAILIMAP_ERROR_PARSE ? -EPROTO : -ECONNRESET;
+        int type = resp->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state->rsp_type;
+        mailimap_response_free(resp);
+        if (type != MAILIMAP_RESP_COND_STATE_OK)
+                return -EREMOTEIO;
+        uint32_t uidvalidity = 0, uid = 0;
+        clist *ext = imap->imap_response_info ? imap->imap_response_info->rsp_extension_list : NULL;
+        for (clistiter *it = ext ? clist_begin(ext) : NULL; it; it = clist_next(it)) {
+                struct mailimap_extension_data *d = clist_content(it);
+                if (d->ext_extension->ext_id != MAILIMAP_EXTENSION_UIDPLUS ||
+                    d->ext_type != MAILIMAP_UIDPLUS_RESP_CODE_APND)
+                        continue;
+                struct mailimap_uidplus_resp_code_apnd *a = d->ext_data;
+                uidvalidity = a->uid_uidvalidity;
+                if (a->uid_set && a->uid_set->set_list && clist_begin(a->uid_set->set_list)) {
+                        struct mailimap_set_item *item = clist_content(clist_begin(a->uid_set->set_list));
+                        uid = item->set_first;
+                }
+        }
+        *ret_uidvalidity = uidvalidity;
+        *ret_uid = uid;
+        return 0;
 }

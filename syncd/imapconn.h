@@ -73,3 +73,18 @@ int acs_imap_stream_error(mailimap *imap, char **ret_error);
  * ignores its context.
  */
 void acs_imap_progress(size_t current, size_t maximum, void *context);
+
+/*
+ * APPEND without waiting for a continuation: with LITERAL+ (RFC 7888) the literal is sent
+ * as {n+} right behind the command, so untagged data the server sends first (NOTIFY's
+ * STATUS lines arrive at any time) cannot be mistaken for the "+" that libetpan 1.9.4's
+ * mailimap_append() waits for (it then hangs until the I/O timeout). mailbox is the server
+ * name (mUTF-7), flags a parenthesized list ("(\\Seen $label1)", NULL for none),
+ * internaldate seconds since the epoch (0: none). On OK, *ret_uidvalidity and *ret_uid
+ * from APPENDUID (0 when the server sent none). -ENOTSUP when the server has no LITERAL+
+ * (the caller uses mailimap_uidplus_append then), -EINVAL for a mailbox name that cannot
+ * be quoted, -EREMOTEIO on NO/BAD (the response info is then in imap->imap_response_info),
+ * -ECONNRESET / -EPROTO on connection or parse errors.
+ */
+int acs_imap_append_nosync(mailimap *imap, const char *mailbox, const char *flags, int64_t internaldate,
+                           const char *body, size_t len, uint32_t *ret_uidvalidity, uint32_t *ret_uid);

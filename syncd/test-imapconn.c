@@ -223,4 +223,137 @@ TEST(api_rejects_foreign_sessions)
         mailimap_free(imap);
 }
 
+/* -- APPEND with LITERAL+ against a server that talks before the command is done ------- */
+
+#include <pthread.h>
+#include <signal.h>
+
+typedef struct fake_server {
+        int fd;
+        bool literal_plus;
+        char got[512];     /* the command line as received */
+        char literal[64];  /* the literal as received */
+        bool ok;
+} fake_server;
+
+static ssize_t read_line_fd(int fd, char *buf, size_t cap)
+{
+        size_t n = 0;
+        while (n + 1 < cap) {
+                ssize_t r = read(fd, buf + n, 1);
+                if (r <= 0)
+                        return -1;
+                if (buf[n++] == '\n')
+                        break;
+        }
+        buf[n] = 0;
+        return (ssize_t)n;
+}
+
+static void *fake_main(void *arg)
+{
+        fake_server *f = arg;
+        const char *greet = f->literal_plus ? "* OK [CAPABILITY IMAP4rev1 LITERAL+ UIDPLUS] fake\r\n"
+                                            : "* OK [CAPABILITY IMAP4rev1 UIDPLUS] fake\r\n";
+        if (write(f->fd, greet, strlen(greet)) < 0)
+                return NULL;
+        if (read_line_fd(f->fd, f->got, sizeof(f->got)) <= 0)
+                return NULL;
+        /* untagged news at once, before the literal (as Dovecot's NOTIFY does) */
+        const char *news = "* STATUS Lists (MESSAGES 5 UIDNEXT 9)\r\n* STATUS Other (MESSAGES 1)\r\n";
+        if (write(f->fd, news, strlen(news)) < 0)
+                return NULL;
+        char *open = strrchr(f->got, '{');
+        size_t n = open ? strtoul(open + 1, NULL, 10) : 0;
+        if (n >= sizeof(f->literal))
+                return NULL;
+        size_t have = 0;
+        while (have < n + 2) { /* the literal and the CRLF that ends the command */
+                ssize_t r = read(f->fd, f->literal + have, n + 2 - have);
+                if (r <= 0)
+                        return NULL;
+                have += (size_t)r;
+        }
+        f->literal[n] = 0;
+        char tag[32] = "";
+        sscanf(f->got, "%31s", tag);
+        char done[128];
+        snprintf(done, sizeof(done), "%s OK [APPENDUID 77 1234] Append completed.\r\n", tag);
+        f->ok = write(f->fd, done, strlen(done)) > 0;
+        return NULL;
+}
+
+static int fake_session(fake_server *f, pthread_t *th, mailimap **ret)
+{
+        signal(SIGPIPE, SIG_IGN); /* the LOGOUT of mailimap_free may meet a closed fake */
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+                return -errno;
+        f->fd = sv[1];
+        pthread_create(th, NULL, fake_main, f);
+        mailimap *imap = mailimap_new(0, NULL);
+        mailstream *st = mailstream_socket_open(sv[0]);
+        mailimap_set_timeout(imap, 5);
+        int r = mailimap_connect(imap, st);
+        if (r != MAILIMAP_NO_ERROR_NON_AUTHENTICATED) {
+                mailimap_free(imap);
+                return -EIO;
+        }
+        *ret = imap;
+        return 0;
+}
+
+/* Ends the fake (EOF both ways, so neither side waits for the other) and frees the session. */
+static void fake_end(fake_server *f, pthread_t th, mailimap *imap)
+{
+        shutdown(f->fd, SHUT_RDWR);
+        pthread_join(th, NULL);
+        mailimap_free(imap);
+        close(f->fd);
+}
+
+TEST(append_nosync_untagged_first)
+{
+        fake_server f = {.literal_plus = true};
+        pthread_t th;
+        mailimap *imap = NULL;
+        CHECK_INT(fake_session(&f, &th, &imap), 0);
+        uint32_t uv = 0, uid = 0;
+        static const char body[] = "Subject: x\r\n\r\nhello\r\n";
+        int r = acs_imap_append_nosync(imap, "Lists", "(\\Seen $label1)", 1700000000, body, strlen(body),
+                                       &uv, &uid);
+        CHECK_INT(r, 0);
+        CHECK_INT(uv, 77);
+        CHECK_INT(uid, 1234);
+        shutdown(f.fd, SHUT_WR);
+        pthread_join(th, NULL);
+        CHECK(f.ok);
+        CHECK(strstr(f.got, " APPEND \"Lists\" (\\Seen $label1) \"14-Nov-2023 22:13:20 +0000\" {21+}\r\n") != NULL);
+        CHECK_STR(f.literal, body);
+        fake_end(&f, th, imap);
+}
+
+TEST(append_nosync_needs_literal_plus)
+{
+        fake_server f = {.literal_plus = false};
+        pthread_t th;
+        mailimap *imap = NULL;
+        CHECK_INT(fake_session(&f, &th, &imap), 0);
+        uint32_t uv = 9, uid = 9;
+        CHECK_INT(acs_imap_append_nosync(imap, "INBOX", NULL, 0, "x", 1, &uv, &uid), -ENOTSUP);
+        CHECK_INT(uv, 9); /* untouched */
+        fake_end(&f, th, imap);
+}
+
+TEST(append_nosync_rejects_unquotable)
+{
+        fake_server f = {.literal_plus = true};
+        pthread_t th;
+        mailimap *imap = NULL;
+        CHECK_INT(fake_session(&f, &th, &imap), 0);
+        uint32_t uv = 0, uid = 0;
+        CHECK_INT(acs_imap_append_nosync(imap, "bad\r\nname", NULL, 0, "x", 1, &uv, &uid), -EINVAL);
+        fake_end(&f, th, imap);
+}
+
 TEST_MAIN()
