@@ -3,12 +3,16 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "acs/agent.h"
+#include "acs/bus.h"
 #include "acs/log.h"
 #include "acs/util.h"
 #include "fs.h"
@@ -62,13 +66,23 @@ int fs_ctx_reload_tree(fs_ctx *ctx, acs_store *s, fs_tree **ret_old)
         return 0;
 }
 
+/* --bus: acsd's STOP (or its bus going away) ends the loop like SIGTERM, in the main thread. */
+static pthread_t main_thread;
+
+static void on_agent_stop(void *userdata)
+{
+        acs_log(LOG_NOTICE, "bus: STOP from acsd, or its bus is gone: unmounting");
+        pthread_kill(main_thread, SIGTERM);
+}
+
 static void usage(FILE *f)
 {
         fprintf(f,
                 "usage: acs-fs --db PATH [--layout fs|maildir++] [--timeout SECONDS]\n"
                 "              [--open-calls skip|send] [--read-only] [--spool DIR]\n"
                 "              [--owner UID:GID] [--mode MODE]\n"
-                "              [--log-level LEVEL] [-o FUSE-OPTIONS] [-f] [-d] [-s] MOUNTPOINT\n"
+                "              [--log-level LEVEL] [--bus ADDRESS --key-fd N] [-o FUSE-OPTIONS] [-f] [-d] [-s]\n"
+                "              MOUNTPOINT\n"
                 "Mounts the acs cache PATH as a Maildir tree; what clients change there goes to\n"
                 "the cache's op log (acs-syncd replays it to the server).\n"
                 "  --read-only   every write fails with EROFS (a read-only mount)\n"
@@ -82,6 +96,8 @@ static void usage(FILE *f)
                 "                changes are invalidated as they are committed)\n"
                 "  --open-calls  skip (default): the kernel stops sending open/release for\n"
                 "                messages once allowed; send: every open reaches acs-fs\n"
+                "  --bus, --key-fd  acsd's agent: keys from descriptor N, hello and status to acsd\n"
+                "                on its bus at ADDRESS, stop when acsd says so\n"
                 "  -f foreground, -d FUSE debug, -s single-threaded\n");
 }
 
@@ -97,6 +113,8 @@ int main(int argc, char **argv)
                 { "spool", required_argument, NULL, 'S' },
                 { "owner", required_argument, NULL, 'U' },
                 { "mode", required_argument, NULL, 'M' },
+                { "bus", required_argument, NULL, 'B' },
+                { "key-fd", required_argument, NULL, 'K' },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -113,7 +131,10 @@ int main(int argc, char **argv)
         struct fuse_loop_config *cfg = NULL;
         acs_store *s = NULL;
         fs_watch *w = NULL;
-        const char *db = NULL, *spool = NULL;
+        const char *db = NULL, *spool = NULL, *bus_address = NULL;
+        int key_fd = -1;
+        acs_agent *agent = NULL;
+        acs_agent_thread *agent_thr = NULL;
         int prio = LOG_INFO, c, r, ret = 1;
         char *err = NULL;
 
@@ -122,6 +143,20 @@ int main(int argc, char **argv)
         opterr = 0;
         while ((c = getopt_long(argc, argv, "+o:fdsh", longopts, NULL)) != -1) {
                 switch (c) {
+                case 'B':
+                        bus_address = optarg;
+                        break;
+                case 'K': {
+                        char *end;
+                        long v = strtol(optarg, &end, 10);
+                        if (!*optarg || *end || v < 3 || v > 65535) {
+                                fprintf(stderr, "acs-fs: --key-fd needs a descriptor number (>= 3)\n");
+                                ret = 2;
+                                goto out_args;
+                        }
+                        key_fd = (int)v;
+                        break;
+                }
                 case 'D':
                         db = optarg;
                         break;
@@ -229,7 +264,7 @@ int main(int argc, char **argv)
                         goto out_args;
                 }
         }
-        if (!db || optind != argc - 1) {
+        if (!db || optind != argc - 1 || !bus_address != (key_fd < 0)) {
                 usage(stderr);
                 ret = 2;
                 goto out_args;
@@ -310,6 +345,19 @@ int main(int argc, char **argv)
                 acs_log(LOG_ERR, "cannot watch %s for changes: %s", ctx.db_path, strerror(-r));
                 goto out_unmount;
         }
+        if (bus_address) {
+                main_thread = pthread_self();
+                r = acs_agent_open(bus_address, key_fd, ACS_AGENT_FS, &agent);
+                key_fd = -1; /* consumed */
+                if (r == 0)
+                        r = acs_agent_thread_start(agent, on_agent_stop, NULL, NULL, &agent_thr);
+                if (r == 0)
+                        r = acs_agent_thread_send_status(agent_thr, ACS_AGENT_STATE_ONLINE, 0);
+                if (r < 0) {
+                        acs_log(LOG_ERR, "cannot join acsd's bus at %s: %s", bus_address, strerror(-r));
+                        goto out_agent;
+                }
+        }
         acs_log(LOG_INFO, "serving %s at %s (%s layout, %s)", ctx.db_path, opts.mountpoint,
                 ctx.layout == ACS_LAYOUT_FS ? "fs" : "maildir++",
                 ctx.read_only ? "read-only" : "read-write");
@@ -319,7 +367,7 @@ int main(int argc, char **argv)
         } else {
                 cfg = fuse_loop_cfg_create();
                 if (!cfg)
-                        goto out_watch;
+                        goto out_agent;
                 fuse_loop_cfg_set_clone_fd(cfg, opts.clone_fd);
                 if (opts.max_idle_threads != UINT_MAX)
                         fuse_loop_cfg_set_idle_threads(cfg, opts.max_idle_threads);
@@ -332,7 +380,12 @@ int main(int argc, char **argv)
         ret = ret < 0 ? 1 : 0;
         acs_log(LOG_INFO, "unmounting %s", opts.mountpoint);
 
-out_watch:
+out_agent:
+        agent_thr = acs_agent_thread_stop(agent_thr);
+        if (agent) {
+                agent = acs_agent_free(agent);
+                acs_bus_shutdown();
+        }
         w = fs_watch_stop(w);
 out_unmount:
         fuse_session_unmount(ctx.se);
@@ -353,6 +406,8 @@ out_tree:
         pthread_rwlock_destroy(&ctx.tree_lock);
         ctx.tree = fs_tree_free(ctx.tree);
 out_args:
+        if (key_fd >= 0)
+                close(key_fd);
         free(ctx.spool_dir);
         free(ctx.db_path);
         free(opts.mountpoint);

@@ -276,3 +276,34 @@ def test_stop_while_waiting_for_the_password(harness_tmp):
             d.close()
         dv.close()
 
+
+def test_fs_agent_hello_status_and_stop(harness_tmp):
+    """acs-fs --bus: AGENT_HELLO (kind fs) and STATUS online once mounted; STOP unmounts it
+    and it exits 0."""
+    dv, args = _setup(harness_tmp, 'pw-' + secrets.token_hex(8), nmsg=2)
+    d = None
+    mnt = harness_tmp / 'mnt'
+    mnt.mkdir()
+    try:
+        db = harness_tmp / 'agent' / 'cache.db'
+        # a cache to serve: one acs-syncd --once over the bus first
+        d = Driver(harness_tmp, dv.users['buser'], [*args, '--once'])
+        d.say('start')
+        assert d.wait('exit', 60)['status'] == 0
+        d.close()
+        d = Driver(harness_tmp, 'unused', [_bin('acs-fs'), '--db', str(db), '-f', str(mnt)],
+                   as_nobody=False)  # root: the test reads the tree (no allow_other)
+        d.say('start')
+        h = d.wait('hello', 30)
+        assert h['kind'] == 2
+        d.wait('status', 30, lambda e: e['state'] == 3)
+        assert any(line.split()[1] == str(mnt) for line in open('/proc/mounts'))
+        assert os.listdir(mnt / 'INBOX' / 'cur') or os.listdir(mnt / 'INBOX' / 'new')
+        d.say('stop')
+        assert d.wait('exit', 30)['status'] == 0
+        assert not any(line.split()[1] == str(mnt) for line in open('/proc/mounts'))
+    finally:
+        if d:
+            d.close()
+        subprocess.run(['umount', '-l', str(mnt)], capture_output=True)
+        dv.close()
