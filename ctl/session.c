@@ -885,12 +885,18 @@ static void cmd_watch(struct sconn *sc)
 
 /* ---- dispatch ---- */
 
+/* A watching connection sent a line: it is refused and the connection closed. */
+static void refuse_while_watching(struct sconn *sc)
+{
+        send_err(sc, ACS_ERR_STATE, "watching: the connection only carries events now");
+        acsd_conn_close_after_flush(sc->c);
+}
+
 void acsd_session_toolong(acsd *d, struct acsd_conn *c)
 {
         struct sconn *sc = acsd_conn_state(c);
         if (sc && sc->st == ACS_CONN_WATCHING) {
-                send_err(sc, ACS_ERR_STATE, "watching: the connection only carries events now");
-                acsd_conn_close_after_flush(c);
+                refuse_while_watching(sc);
                 return;
         }
         acsd_conn_err(c, ACS_ERR_TOOLONG, "line longer than 4096 bytes (dropped)");
@@ -906,8 +912,7 @@ void acsd_session_line(acsd *d, struct acsd_conn *c, const char *line, size_t le
         if (!sc)
                 return;
         if (sc->st == ACS_CONN_WATCHING) {
-                send_err(sc, ACS_ERR_STATE, "watching: the connection only carries events now");
-                acsd_conn_close_after_flush(c);
+                refuse_while_watching(sc);
                 return;
         }
         if (acs_proto_parse_cmd(line, len, &cmd, &e, &why) < 0) {
