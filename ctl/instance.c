@@ -282,6 +282,17 @@ static inst_req *req_pick(inst *in, uint64_t pass, bool sync)
         return NULL;
 }
 
+/* Queues req (owned by the instance from now on) behind in's other requests. */
+static void req_append(inst *in, inst_req *req)
+{
+        inst_req **pp = &in->reqs;
+        while (*pp)
+                pp = &(*pp)->next;
+        req->in = in;
+        req->next = NULL;
+        *pp = req;
+}
+
 /* Unlinks, frees, then calls the open callback (which may call back into inst_*). */
 static void open_done(inst *in, inst_req *req, int r)
 {
@@ -1649,13 +1660,13 @@ static void on_finish(acs_loop_timer *t, void *userdata)
         acs_log(LOG_INFO, "instance %s: stopped", in->user);
 
         /* opens that came while it stopped start a new instance */
-        inst_req *reopen = NULL;
+        inst_req *reopen = NULL, **tail = &reopen;
         for (inst_req *req = in->reqs, *next; req; req = next) {
                 next = req->next;
                 if (!req->is_sync && req->reopen) {
                         req_unlink(req);
-                        req->next = reopen;
-                        reopen = req;
+                        *tail = req;
+                        tail = &req->next;
                 }
         }
         _cleanup_free_ char *user = TAKE_PTR(in->user);
@@ -1667,7 +1678,10 @@ static void on_finish(acs_loop_timer *t, void *userdata)
                 _cleanup_secret_ char *pw = NULL;
                 size_t len = 0;
                 int r = m->shutting_down ? -ESHUTDOWN : acs_vault_get(m->pending, req->key, &pw, &len);
-                if (r == 0)
+                inst *fresh = r == 0 ? inst_find(m, user) : NULL;
+                if (fresh) /* the first of them started it: wait for its login like any open */
+                        req_append(fresh, req);
+                else if (r == 0)
                         r = open_new(m, user, pw, len, req);
                 if (r < 0) {
                         inst_open_cb cb = req->open_cb;
@@ -1721,16 +1735,12 @@ static int open_new(inst_mgr *m, const char *user, const char *password, size_t 
         r = acs_vault_put(m->vault, user, password, len);
         if (r == 0)
                 r = attempt_start(in);
-        req->in = in;
-        req->next = NULL;
-        in->reqs = req;
         if (r < 0) {
-                in->reqs = NULL;
-                req->in = NULL;
                 in->attempting = false;
                 inst_stop(in);
                 return r;
         }
+        req_append(in, req);
         return 0;
 }
 
@@ -1788,14 +1798,8 @@ int inst_open(inst_mgr *m, const char *user, const char *password, size_t len, i
                 *ret_req = req;
                 return 0;
         }
-        req->in = in;
-        if (in->state == INST_STOPPING)
-                req->reopen = true;
-        /* queue behind the others */
-        inst_req **pp = &in->reqs;
-        while (*pp)
-                pp = &(*pp)->next;
-        *pp = req;
+        req->reopen = in->state == INST_STOPPING;
+        req_append(in, req);
         if (in->state == INST_AUTHFAIL && !in->attempting) {
                 r = acs_vault_put(m->vault, user, password, len);
                 if (r == 0)
@@ -1879,10 +1883,7 @@ int inst_sync(inst_mgr *m, const char *user, const char *mailbox, inst_progress_
                 req_free(m, req);
                 return r == -ENOTCONN ? -EHOSTUNREACH : r;
         }
-        inst_req **pp = &in->reqs;
-        while (*pp)
-                pp = &(*pp)->next;
-        *pp = req;
+        req_append(in, req);
         *ret_req = req;
         return 0;
 }

@@ -239,16 +239,23 @@ def test_open_while_stopping(seeded, harness_tmp):
                         break
                 if state != 'stopping':
                     continue  # missed the window; try again
+                # two opens during the stop: the first starts the new instance, the other joins it
+                other = {}
+                t = threading.Thread(target=lambda: other.setdefault('r', _open(a, 'user1', 'pass1')))
+                t.start()
                 r = c.open('user1', 'pass1')
+                t.join(60)
             caught += 1
             assert r['path'] == str(inbox.parent)
+            assert not isinstance(other.get('r'), AcsError) and other['r']['path'] == r['path'], other
             _wait(a, lambda: maildir_files(inbox), 60, 'mail after the open during the stop')
             new = a.agents('user1')['syncd']
-            assert new and not set(new) & set(old), (old, new)
+            assert len(new) == 1 and not set(new) & set(old), (old, new)
             assert _status(a, 'user1')['state'] == 'online'
-            with a.client() as c:
-                c.resume(r['token'])
-                c.call('CLOSE')
+            for tok in (r['token'], other['r']['token']):
+                with a.client() as c:
+                    c.resume(tok)
+                    c.call('CLOSE')
             _wait(a, lambda: not a.mounted('user1'), 30, 'the idle stop')
             if caught >= 2:
                 break
