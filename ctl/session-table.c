@@ -75,6 +75,15 @@ static struct user_count **ucount_slot(const acs_session_table *t, const char *u
         return p;
 }
 
+/* Removes the count *up points at from its chain and frees it. */
+static void ucount_unlink(struct user_count **up)
+{
+        struct user_count *uc = *up;
+        *up = uc->next;
+        free(uc->user);
+        free(uc);
+}
+
 size_t acs_session_count_user(const acs_session_table *t, const char *user)
 {
         struct user_count **p = ucount_slot(t, user);
@@ -122,11 +131,8 @@ int acs_session_add(acs_session_table *t, const char *user, uid_t uid, uint64_t 
         }
         acs_session *s = calloc(1, sizeof(*s));
         if (!s) {
-                if (uc->n == 0) {
-                        *up = uc->next;
-                        free(uc->user);
-                        free(uc);
-                }
+                if (uc->n == 0)
+                        ucount_unlink(up);
                 return -ENOMEM;
         }
         uint8_t token[ACS_PROTO_TOKEN_SIZE];
@@ -181,12 +187,8 @@ void acs_session_remove(acs_session_table *t, acs_session *s)
         *p = s->hnext;
         t->n--;
         struct user_count **up = ucount_slot(t, s->user);
-        if (*up && --(*up)->n == 0) {
-                struct user_count *uc = *up;
-                *up = uc->next;
-                free(uc->user);
-                free(uc);
-        }
+        if (*up && --(*up)->n == 0)
+                ucount_unlink(up);
         sodium_memzero(s, sizeof(*s));
         free(s);
 }
@@ -241,12 +243,8 @@ acs_session_table *acs_session_table_free(acs_session_table *t)
                         sodium_memzero(s, sizeof(*s));
                         free(s);
                 }
-                while (t->ubuckets[b]) {
-                        struct user_count *uc = t->ubuckets[b];
-                        t->ubuckets[b] = uc->next;
-                        free(uc->user);
-                        free(uc);
-                }
+                while (t->ubuckets[b])
+                        ucount_unlink(&t->ubuckets[b]);
         }
         free(t->buckets);
         free(t->ubuckets);
