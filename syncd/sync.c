@@ -2001,7 +2001,8 @@ int syncd_sync_mailbox(syncd *sd, const char *srvname)
         }
         r = sync_one(sd, &mb, srvname);
         if (r < 0 && r != -EINTR)
-                acs_log_mb(LOG_INFO, mb.name, "sync stopped: %s", strerror(-r));
+                acs_log_mb(LOG_INFO, mb.name, "sync stopped: %s (server's last words: %s)", strerror(-r),
+                           sd->imap && sd->imap->imap_response ? sd->imap->imap_response : "none");
         acs_mailbox_clear(&mb);
         return r;
 }
