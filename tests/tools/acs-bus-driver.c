@@ -70,6 +70,26 @@ static void send_to_agent(enum acs_wire_purpose p, const void *payload, size_t l
                     agent_name[0] ? strerror(-r) : "no agent yet");
 }
 
+/* Prints a "rejected" event with the reason. */
+static void rejected(const char *fmt, ...) ACS_PRINTF(1, 2);
+static void rejected(const char *fmt, ...)
+{
+        char why[256];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, sizeof(why), fmt, ap);
+        va_end(ap);
+        out("{\"event\":\"rejected\",\"reason\":\"%s\"}", why);
+}
+
+/* Reports a payload its parser refused ("bad WHAT"); true when it parsed. */
+static bool parsed(int r, const char *what)
+{
+        if (r < 0)
+                rejected("bad %s", what);
+        return r >= 0;
+}
+
 static bool hold_cred; /* answer CRED_REQUEST only on a "cred" line */
 
 static void send_cred(void)
@@ -89,7 +109,7 @@ static void on_message(void *ud, const char *sender, const uint8_t *msg, size_t 
                           ACS_WIRE_MASK(ACS_WIRE_P_LOGIN_RESULT) | ACS_WIRE_MASK(ACS_WIRE_P_PROGRESS) |
                           ACS_WIRE_MASK(ACS_WIRE_P_CHANGE) | ACS_WIRE_MASK(ACS_WIRE_P_STATUS);
         if (agent_name[0] && strcmp(sender, agent_name) != 0) {
-                out("{\"event\":\"rejected\",\"reason\":\"wrong sender\"}");
+                rejected("wrong sender");
                 return;
         }
         if (!agent_name[0]) {
@@ -98,7 +118,7 @@ static void on_message(void *ud, const char *sender, const uint8_t *msg, size_t 
                 uid_t uid;
                 int r = acs_bus_peer_creds(bus, sender, &pid, &uid);
                 if (r < 0 || pid != child) {
-                        out("{\"event\":\"rejected\",\"reason\":\"not our child (pid %d)\"}", r < 0 ? -1 : (int)pid);
+                        rejected("not our child (pid %d)", r < 0 ? -1 : (int)pid);
                         return;
                 }
                 accept = ACS_WIRE_MASK(ACS_WIRE_P_AGENT_HELLO);
@@ -107,7 +127,7 @@ static void on_message(void *ud, const char *sender, const uint8_t *msg, size_t 
         const char *err = NULL;
         int r = acs_wire_open(wire, msg, len, accept, &m, &err);
         if (r < 0) {
-                out("{\"event\":\"rejected\",\"reason\":\"%s\"}", err ? err : strerror(-r));
+                rejected("%s", err ? err : strerror(-r));
                 return;
         }
         switch (m.purpose) {
@@ -115,7 +135,7 @@ static void on_message(void *ud, const char *sender, const uint8_t *msg, size_t 
                 enum acs_agent_kind kind;
                 uint32_t pid;
                 if (acs_agent_hello_parse(m.payload, m.len, &kind, &pid) < 0 || pid != (uint32_t)child) {
-                        out("{\"event\":\"rejected\",\"reason\":\"bad hello\"}");
+                        rejected("bad hello");
                         break;
                 }
                 snprintf(agent_name, sizeof(agent_name), "%s", sender);
@@ -131,36 +151,28 @@ static void on_message(void *ud, const char *sender, const uint8_t *msg, size_t 
         case ACS_WIRE_P_LOGIN_RESULT: {
                 enum acs_agent_login res;
                 uint32_t st;
-                if (acs_agent_login_parse(m.payload, m.len, &res, &st) < 0)
-                        out("{\"event\":\"rejected\",\"reason\":\"bad login result\"}");
-                else
+                if (parsed(acs_agent_login_parse(m.payload, m.len, &res, &st), "login result"))
                         out("{\"event\":\"login_result\",\"result\":%d,\"status\":%u}", (int)res, st);
                 break;
         }
         case ACS_WIRE_P_STATUS: {
                 enum acs_agent_state st;
                 uint32_t pending;
-                if (acs_agent_status_parse(m.payload, m.len, &st, &pending) < 0)
-                        out("{\"event\":\"rejected\",\"reason\":\"bad status\"}");
-                else
+                if (parsed(acs_agent_status_parse(m.payload, m.len, &st, &pending), "status"))
                         out("{\"event\":\"status\",\"state\":%d,\"pending\":%u}", (int)st, pending);
                 break;
         }
         case ACS_WIRE_P_PROGRESS: {
                 enum acs_agent_progress ev;
                 uint64_t done, total;
-                if (acs_agent_progress_parse(m.payload, m.len, &ev, &done, &total) < 0)
-                        out("{\"event\":\"rejected\",\"reason\":\"bad progress\"}");
-                else
+                if (parsed(acs_agent_progress_parse(m.payload, m.len, &ev, &done, &total), "progress"))
                         out("{\"event\":\"progress\",\"what\":%d,\"done\":%llu,\"total\":%llu}", (int)ev,
                             (unsigned long long)done, (unsigned long long)total);
                 break;
         }
         case ACS_WIRE_P_CHANGE: {
                 uint64_t seq;
-                if (acs_agent_change_parse(m.payload, m.len, &seq) < 0)
-                        out("{\"event\":\"rejected\",\"reason\":\"bad change\"}");
-                else
+                if (parsed(acs_agent_change_parse(m.payload, m.len, &seq), "change"))
                         out("{\"event\":\"change\",\"seq\":%llu}", (unsigned long long)seq);
                 break;
         }
