@@ -403,7 +403,7 @@ static char **child_argv(child *c)
         size_t n = 0;
         char num[32];
         bool ok = v != NULL;
-#define ADD(s) do { if (ok && !(v[n++] = strdup(s))) ok = false; } while (0)
+#define ADD(s) do { const char *_s = (s); if (ok && (!_s || !(v[n++] = strdup(_s)))) ok = false; } while (0)
         if (c->kind == ACS_AGENT_SYNCD) {
                 ADD(m->o.syncd_path);
                 ADD("--db"); ADD(in->db);
@@ -425,7 +425,7 @@ static char **child_argv(child *c)
                 ADD("--owner"); ADD(num);
                 snprintf(num, sizeof(num), "0%o", cfg->tree_mode & 07777);
                 ADD("--mode"); ADD(num);
-                if (m->fs_has_bus) {
+                if (m->fs_has_bus && m->bus_address) {
                         ADD("--bus"); ADD(m->bus_address);
                         snprintf(num, sizeof(num), "%d", KEY_FD);
                         ADD("--key-fd"); ADD(num);
@@ -498,7 +498,10 @@ static int child_spawn(child *c)
 {
         inst *in = c->in;
         inst_mgr *m = in->m;
-        bool with_keys = c->kind == ACS_AGENT_SYNCD || m->fs_has_bus;
+        /* acs-syncd needs the bus (its password comes over it); acs-fs runs without */
+        if (c->kind == ACS_AGENT_SYNCD && !m->bus_address)
+                return -EHOSTUNREACH;
+        bool with_keys = c->kind == ACS_AGENT_SYNCD || (m->fs_has_bus && m->bus_address);
         _cleanup_wire_keys_ acs_wire_keys *keys = NULL;
         _cleanup_close_ int fuse_fd = -1;
         int pipefd[2] = { -1, -1 };
