@@ -67,18 +67,22 @@ static void fx_on_gone(void *ud, const char *name)
                 snprintf(f->gone[f->ngone++], 64, "%s", name);
 }
 
-static bool fx_setup(fixture *f)
+/* A zeroed fixture and a new directory for its daemon (0755: agents reach the socket). */
+static bool fx_dir(fixture *f)
 {
         memset(f, 0, sizeof(*f));
-        if (acs_wire_init() < 0)
+        snprintf(f->dir, sizeof(f->dir), "/tmp/acs-bus-XXXXXX");
+        return mkdtemp(f->dir) && chmod(f->dir, 0755) == 0;
+}
+
+static bool fx_setup(fixture *f)
+{
+        if (!fx_dir(f) || acs_wire_init() < 0)
                 return false;
         if (geteuid() != 0) {
                 printf("# these tests need root (agents run as uid %d); FAILING\n", AGENT_UID);
                 return false;
         }
-        snprintf(f->dir, sizeof(f->dir), "/tmp/acs-bus-XXXXXX");
-        if (!mkdtemp(f->dir) || chmod(f->dir, 0755) < 0)
-                return false;
         acs_bus_daemon_opts o = {.dir = f->dir, .max_agents = 64, .owner_uid = 0};
         int r = acs_bus_daemon_start(&o, &f->address, &f->daemon_pid);
         if (r < 0) {
@@ -100,6 +104,18 @@ static bool fx_setup(fixture *f)
                 return false;
         acs_wire_keys_public(k, &f->pub);
         return acs_wire_new(ACS_WIRE_ID_ACSD, &k, &f->wire) == 0;
+}
+
+static void fx_teardown(fixture *f);
+
+/* fx_setup, checked; false (the fixture torn down already) when there is no bus to test. */
+static bool fx_start(fixture *f)
+{
+        CHECK(fx_setup(f));
+        if (f->bus)
+                return true;
+        fx_teardown(f);
+        return false;
 }
 
 static void fx_pop(fixture *f)
@@ -360,11 +376,8 @@ static int roundtrip_child(const char *address, int key_fd)
 TEST(signed_request_boxed_reply_roundtrip)
 {
         fixture f;
-        CHECK(fx_setup(&f));
-        if (!f.bus) {
-                fx_teardown(&f);
+        if (!fx_start(&f))
                 return;
-        }
         acs_wire_pub cpub;
         int kfd = fx_child_keys(&f, 7, &cpub);
         pid_t pid = xfork();
@@ -531,11 +544,8 @@ static uint8_t *seal_sync(fixture *f, uint32_t to, const char *mailbox, size_t *
 TEST(agent_rejects_replayed_flipped_unsigned_wrong_sender_wrong_recipient)
 {
         fixture f;
-        CHECK(fx_setup(&f));
-        if (!f.bus) {
-                fx_teardown(&f);
+        if (!fx_start(&f))
                 return;
-        }
         acs_wire_pub p1, p2;
         int kfd = fx_child_keys(&f, 1, &p1);
         int kfd2 = fx_child_keys(&f, 2, &p2); /* a second child, never started: messages for it */
@@ -621,11 +631,8 @@ TEST(acsd_side_rejects_replay_and_binds_sender)
 {
         /* what acsd does with an agent's message: open it, and check the connection it came from */
         fixture f;
-        CHECK(fx_setup(&f));
-        if (!f.bus) {
-                fx_teardown(&f);
+        if (!fx_start(&f))
                 return;
-        }
         acs_wire_pub p1;
         int kfd = fx_child_keys(&f, 3, &p1);
         int go[2];
@@ -840,11 +847,8 @@ static int attacker_child(const char *address, const char *victim)
 TEST(policy_agent_cannot_reach_another_agent_or_eavesdrop)
 {
         fixture f;
-        CHECK(fx_setup(&f));
-        if (!f.bus) {
-                fx_teardown(&f);
+        if (!fx_start(&f))
                 return;
-        }
         int names[2], go[2];
         CHECK(pipe2(names, O_CLOEXEC) == 0 && pipe2(go, O_CLOEXEC) == 0);
         pid_t victim = xfork();
@@ -893,11 +897,8 @@ TEST(policy_agent_cannot_reach_another_agent_or_eavesdrop)
 TEST(root_monitor_allowed)
 {
         fixture f;
-        CHECK(fx_setup(&f));
-        if (!f.bus) {
-                fx_teardown(&f);
+        if (!fx_start(&f))
                 return;
-        }
         DBusConnection *c = raw_connect(f.address);
         CHECK(c != NULL);
         if (c) {
@@ -929,6 +930,23 @@ static void count_message(void *ud, const char *sender, const uint8_t *msg, size
         (*(unsigned *)ud)++;
 }
 
+/* The value of field key (such as "VmRSS:") in /proc/PID/status, into buf; false if absent. */
+static bool proc_status(pid_t pid, const char *key, char *buf, size_t size)
+{
+        char path[64], line[256];
+        snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+        FILE *st = fopen(path, "r");
+        bool found = false;
+        while (st && !found && fgets(line, sizeof(line), st))
+                if (!strncmp(line, key, strlen(key))) {
+                        snprintf(buf, size, "%s", line + strlen(key));
+                        found = true;
+                }
+        if (st)
+                fclose(st);
+        return found;
+}
+
 static bool under_valgrind(void)
 {
         const char *p = getenv("LD_PRELOAD");
@@ -942,13 +960,11 @@ TEST(thousands_of_agents_and_the_connection_limit)
          * connections in all and refuses the next one. */
         unsigned n = under_valgrind() ? 300 : 2000;
         fixture f;
-        memset(&f, 0, sizeof(f));
         if (acs_wire_init() < 0 || geteuid() != 0) {
                 CHECK(false);
                 return;
         }
-        snprintf(f.dir, sizeof(f.dir), "/tmp/acs-bus-XXXXXX");
-        CHECK(mkdtemp(f.dir) && chmod(f.dir, 0755) == 0);
+        CHECK(fx_dir(&f));
         acs_bus_daemon_opts o = {.dir = f.dir, .max_agents = n, .max_per_uid = n + 64, .owner_uid = 0};
         CHECK_INT(acs_bus_daemon_start(&o, &f.address, &f.daemon_pid), 0);
         CHECK_INT(acs_bus_connect(f.address, &f.bus), 0);
@@ -986,15 +1002,8 @@ TEST(thousands_of_agents_and_the_connection_limit)
                 acs_bus_wait(f.bus, 100);
         int64_t t2 = mono_ms();
         CHECK_INT(got, n);
-        char path[64], line[256];
-        snprintf(path, sizeof(path), "/proc/%d/status", (int)f.daemon_pid);
-        FILE *st = fopen(path, "r");
-        long rss_kb = -1;
-        while (st && fgets(line, sizeof(line), st))
-                if (!strncmp(line, "VmRSS:", 6))
-                        rss_kb = atol(line + 6);
-        if (st)
-                fclose(st);
+        char v[256];
+        long rss_kb = proc_status(f.daemon_pid, "VmRSS:", v, sizeof(v)) ? atol(v) : -1;
         printf("# %u agent connections in %lld ms (refused after %u: %s), %u messages to acsd in %lld ms, "
                "dbus-daemon RSS %ld KiB\n",
                connected, (long long)(t1 - t0), connected, strerror(-refused), got, (long long)(t2 - t1), rss_kb);
@@ -1008,11 +1017,8 @@ TEST(connections_per_uid_capped)
 {
         /* one agent uid cannot take the bus's connections for itself: max_per_uid (64 + 8) */
         fixture f;
-        CHECK(fx_setup(&f));
-        if (!f.bus) {
-                fx_teardown(&f);
+        if (!fx_start(&f))
                 return;
-        }
         pid_t pid = xfork();
         if (pid == 0) {
                 drop_to(AGENT_UID);
@@ -1044,24 +1050,17 @@ TEST(daemon_drops_to_its_user)
                 return;
         }
         fixture f;
-        memset(&f, 0, sizeof(f));
         CHECK(acs_wire_init() == 0);
-        snprintf(f.dir, sizeof(f.dir), "/tmp/acs-bus-XXXXXX");
-        CHECK(mkdtemp(f.dir) && chmod(f.dir, 0755) == 0);
+        CHECK(fx_dir(&f));
         acs_bus_daemon_opts o = {.dir = f.dir, .max_agents = 8, .owner_uid = 0, .daemon_user = "messagebus"};
         _cleanup_free_ char *conf = NULL;
         CHECK_INT(acs_bus_daemon_config(&o, &conf), 0);
         CHECK(conf && strstr(conf, "<user>messagebus</user>"));
         CHECK_INT(acs_bus_daemon_start(&o, &f.address, &f.daemon_pid), 0);
-        char path[64], line[256];
-        snprintf(path, sizeof(path), "/proc/%d/status", (int)f.daemon_pid);
-        FILE *st = fopen(path, "r");
+        char v[256];
         unsigned ruid = 0, euid = 0;
-        while (st && fgets(line, sizeof(line), st))
-                if (!strncmp(line, "Uid:", 4))
-                        sscanf(line + 4, "%u %u", &ruid, &euid);
-        if (st)
-                fclose(st);
+        if (proc_status(f.daemon_pid, "Uid:", v, sizeof(v)))
+                sscanf(v, "%u %u", &ruid, &euid);
         CHECK_INT(euid, getpwnam("messagebus")->pw_uid);
         CHECK_INT(ruid, getpwnam("messagebus")->pw_uid);
         CHECK_INT(acs_bus_connect(f.address, &f.bus), 0);
@@ -1078,10 +1077,8 @@ TEST(agent_refuses_a_stranger_owning_acsds_name)
         /* a bus where uid nobody may own acsd's name (as on a bus acsd did not configure):
          * an agent whose parent is not that owner, and which is not root's, refuses it */
         fixture f;
-        memset(&f, 0, sizeof(f));
         CHECK_INT(acs_wire_init(), 0);
-        snprintf(f.dir, sizeof(f.dir), "/tmp/acs-bus-XXXXXX");
-        CHECK(mkdtemp(f.dir) && chmod(f.dir, 0755) == 0);
+        CHECK(fx_dir(&f));
         acs_bus_daemon_opts o = {.dir = f.dir, .max_agents = 8, .owner_uid = AGENT_UID};
         CHECK_INT(acs_bus_daemon_start(&o, &f.address, &f.daemon_pid), 0);
         acs_wire_keys *k = NULL;
@@ -1129,11 +1126,8 @@ TEST(unknown_uid_refused)
         /* dbus-daemon denies a uid without a passwd entry before any <allow user> rule:
          * acsd's agent uids must exist (docs/credentials.md). 65533 is unused here. */
         fixture f;
-        CHECK(fx_setup(&f));
-        if (!f.bus) {
-                fx_teardown(&f);
+        if (!fx_start(&f))
                 return;
-        }
         CHECK(getpwuid(65533) == NULL);
         pid_t pid = xfork();
         if (pid == 0) {
