@@ -78,6 +78,8 @@ static void on_agent_sync(void *userdata, const char *mailbox)
 {
         acs_log(LOG_INFO, "bus: SYNC_NOW%s%s", mailbox ? " " : "", mailbox ? mailbox : "");
         syncd_sync_requested = 1; /* every mailbox: a name is only a hint */
+        if (wake_pipe[1] >= 0)
+                (void)!write(wake_pipe[1], "x", 1);
 }
 
 static int agent_start(const char *address, int key_fd)
@@ -463,7 +465,8 @@ int main(int argc, char **argv)
                 {"help", no_argument, NULL, OPT_HELP},
                 {0},
         };
-        syncd_opts o = {.timeout_sec = 30, .retries = 5};
+        /* --poll: a safety net by default (Dovecot 2.3's NOTIFY can fall silent; docs/sync.md) */
+        syncd_opts o = {.timeout_sec = 30, .retries = 5, .poll_sec = 30};
         const char *pwfile = NULL;
         int pwfd = -1;
         const char *bus_address = NULL;

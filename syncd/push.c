@@ -146,7 +146,7 @@ int syncd_push_loop(syncd *sd)
                         timeout = (int)poll_sec; /* --poll: a STATUS round also when nothing was pushed */
                 int64_t start = mono_ms();
                 bool ready = sd->imap->imap_stream->read_buffer_len > 0;
-                bool ops = false;
+                bool ops = false, forced = false;
                 while (!ready && !ops && !syncd_stop) {
                         int64_t now = mono_ms();
                         int64_t left = (int64_t)timeout * 1000 - (now - start);
@@ -166,6 +166,15 @@ int syncd_push_loop(syncd *sd)
                                 return -errno;
                         if (n > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR)))
                                 ready = true;
+                        if (n > 0 && (p[1].revents & POLLIN) && !syncd_stop) {
+                                char b[64];
+                                while (read(sd->wake_fd, b, sizeof(b)) > 0)
+                                        ;
+                        }
+                        if (syncd_sync_requested) {
+                                syncd_sync_requested = 0;
+                                ready = forced = true; /* acsd: sync now, every mailbox */
+                        }
                         bool look = recheck_until > mono_ms() || n == 0;
                         if (n > 0 && ops_fd >= 0 && (p[2].revents & POLLIN) && syncd_ops_watch_drain(sd)) {
                                 look = true;
@@ -198,6 +207,10 @@ int syncd_push_loop(syncd *sd)
                         /* renewal only: nothing happened */
                         continue;
                 }
+                if (!ready)
+                        sd->list_dirty = true; /* a timed round: NOTIFY may have missed new folders too */
+                if (forced)
+                        syncd_bus_round(false);
                 if (ready)
                         progress_event("wakeup", NULL);
                 /*
@@ -227,7 +240,7 @@ int syncd_push_loop(syncd *sd)
                                         return failed("selected mailbox", r);
                         }
                         first = false;
-                        if (notify || !ready || mono_sec() - last_full >= POLL_OTHERS_SEC) {
+                        if (notify || !ready || forced || mono_sec() - last_full >= POLL_OTHERS_SEC) {
                                 r = syncd_sync_all(sd, true);
                                 if (r < 0)
                                         return failed("STATUS round", r);
@@ -242,6 +255,8 @@ int syncd_push_loop(syncd *sd)
                 if (r < 0)
                         return r;
                 progress_event("synced", NULL);
+                if (forced)
+                        syncd_bus_round(true);
         }
         return 0;
 }

@@ -17,6 +17,7 @@
 #include "acs/mboxname.h"
 #include "acs/store.h"
 #include "acs/util.h"
+#include "imapconn.h"
 #include "syncd.h"
 
 /*
@@ -676,6 +677,45 @@ static int create_box(syncd *sd, const char *srv)
 }
 
 /* One APPEND with flags and INTERNALDATE; TRYCREATE creates the mailbox and retries once. */
+/* The flag list as IMAP sends it ("(\\Seen $label1)") in *ret (malloc'd), NULL when empty. */
+static int flag_list_string(const struct mailimap_flag_list *fl, char **ret)
+{
+        size_t cap = 3;
+        clistiter *it;
+        for (it = fl && fl->fl_list ? clist_begin(fl->fl_list) : NULL; it; it = clist_next(it)) {
+                const struct mailimap_flag *f = clist_content(it);
+                cap += 12 + (f->fl_type == MAILIMAP_FLAG_KEYWORD ? strlen(f->fl_data.fl_keyword)
+                             : f->fl_type == MAILIMAP_FLAG_EXTENSION ? strlen(f->fl_data.fl_extension) : 0);
+        }
+        if (cap == 3) {
+                *ret = NULL;
+                return 0;
+        }
+        char *out = malloc(cap), *p = out;
+        if (!out)
+                return -ENOMEM;
+        *p++ = '(';
+        for (it = clist_begin(fl->fl_list); it; it = clist_next(it)) {
+                const struct mailimap_flag *f = clist_content(it);
+                if (p > out + 1)
+                        *p++ = ' ';
+                switch (f->fl_type) {
+                case MAILIMAP_FLAG_ANSWERED: p = stpcpy(p, "\\Answered"); break;
+                case MAILIMAP_FLAG_FLAGGED: p = stpcpy(p, "\\Flagged"); break;
+                case MAILIMAP_FLAG_DELETED: p = stpcpy(p, "\\Deleted"); break;
+                case MAILIMAP_FLAG_SEEN: p = stpcpy(p, "\\Seen"); break;
+                case MAILIMAP_FLAG_DRAFT: p = stpcpy(p, "\\Draft"); break;
+                case MAILIMAP_FLAG_KEYWORD: p = stpcpy(p, f->fl_data.fl_keyword); break;
+                case MAILIMAP_FLAG_EXTENSION: *p++ = '\\'; p = stpcpy(p, f->fl_data.fl_extension); break;
+                default: break;
+                }
+        }
+        *p++ = ')';
+        *p = 0;
+        *ret = out;
+        return 0;
+}
+
 static int append_raw(syncd *sd, const char *srv, unsigned flags, const char *keywords, int64_t internaldate,
                       const char *body, size_t len, uint32_t *ret_uid, uint32_t *ret_uidvalidity)
 {
@@ -728,9 +768,16 @@ static int append_raw(syncd *sd, const char *srv, unsigned flags, const char *ke
                         dt = mailimap_date_time_new(tm.tm_mday, tm.tm_mon + 1, tm.tm_year + 1900, tm.tm_hour,
                                                     tm.tm_min, tm.tm_sec, 0);
         }
+        _cleanup_free_ char *fstr = NULL;
+        if (r == 0 && flag_list_string(fl, &fstr) < 0)
+                r = -ENOMEM;
         for (int attempt = 0; r == 0; attempt++) {
                 uint32_t uidvalidity = 0, uid = 0;
-                r = syncd_etpan_error(mailimap_uidplus_append(sd->imap, srv, fl, dt, body, len, &uidvalidity, &uid));
+                /* LITERAL+ first: libetpan's own APPEND hangs when untagged data precedes the "+" */
+                r = acs_imap_append_nosync(sd->imap, srv, fstr, internaldate, body, len, &uidvalidity, &uid);
+                if (r == -ENOTSUP)
+                        r = syncd_etpan_error(mailimap_uidplus_append(sd->imap, srv, fl, dt, body, len,
+                                                                      &uidvalidity, &uid));
                 if (r == -EREMOTEIO && attempt == 0 && code_is(sd, "TRYCREATE")) {
                         acs_log(LOG_NOTICE, "APPEND: \"%s\" is gone on the server; creating it again", srv);
                         r = create_box(sd, srv);

@@ -86,6 +86,10 @@ typedef struct syncd {
 
 /* Set by the SIGTERM/SIGINT handler; every loop checks it. */
 extern volatile sig_atomic_t syncd_stop;
+/* Set (then the wake pipe written) when acsd asks for a sync now (SYNC_NOW on its bus). */
+extern volatile sig_atomic_t syncd_sync_requested;
+/* main.c, --bus: tells acsd a sync round starts (false) or ended (true); nothing otherwise. */
+void syncd_bus_round(bool done);
 
 /* Maps a libetpan status to -errno: stream -> -ECONNRESET, parse -> -EPROTO, NO/BAD -> -EREMOTEIO. */
 int syncd_etpan_error(int r);

@@ -307,3 +307,26 @@ def test_fs_agent_hello_status_and_stop(harness_tmp):
             d.close()
         subprocess.run(['umount', '-l', str(mnt)], capture_output=True)
         dv.close()
+
+
+def test_sync_now_runs_a_round(harness_tmp):
+    """SYNC_NOW: the agent reports a round starting (PROGRESS syncing) and ending
+    (PROGRESS synced), and mail delivered meanwhile is in the cache by then."""
+    dv, args = _setup(harness_tmp, 'pw-' + secrets.token_hex(8), nmsg=3)
+    d = None
+    try:
+        d = Driver(harness_tmp, dv.users['buser'], args)
+        d.say('start')
+        d.wait('login_result', 30)
+        d.wait('progress', 60, lambda e: e['what'] == 2)
+        t = time.monotonic()
+        d.say('sync')
+        d.wait('progress', 10, lambda e: e['what'] == 1)
+        d.wait('progress', 10, lambda e: e['what'] == 2)
+        assert time.monotonic() - t < 5
+        d.say('stop')
+        assert d.wait('exit', 20)['status'] == 0
+    finally:
+        if d:
+            d.close()
+        dv.close()
