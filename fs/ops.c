@@ -880,7 +880,6 @@ const struct fuse_lowlevel_ops fs_ops = {
         .removexattr = fs_removexattr,
         .create = fs_create,
         .fallocate = fs_fallocate,
-        .flush = fs_flush,
         .release = fs_release,
         .fsync = fs_fsync,
         .fsyncdir = fs_fsyncdir,

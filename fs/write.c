@@ -668,12 +668,6 @@ void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_
                 fuse_reply_write(req, (size_t)n);
 }
 
-void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-        /* writes go straight to the spool file; nothing is buffered here */
-        fuse_reply_err(req, 0);
-}
-
 void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
         if (FS_INO_TAG(ino) == FS_TAG_SPOOL && fi->fh)

@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: MIT
 """acs-fs (issue 4): the mounted tree equals the server, and real clients read it."""
 
+import collections
 import ctypes
 import errno
 import imaplib
 import os
 import pwd
+import re
 import grp
 import shutil
 import signal
@@ -235,6 +237,32 @@ def test_read_only_mount_answers_erofs_on_every_write(env, tmp_path):
         # nothing changed
         assert some.exists()
     assert op_count(env.db) == 0
+
+
+def test_warm_reads_send_acs_fs_no_open_flush_or_release(env, tmp_path):
+    """Reading every message again costs acs-fs no open, flush or release request (the kernel
+    answers from its page cache; bench/fs_bench.py's warm grep depends on it: a flush per
+    close made it 2.5x slower). Counted in the FUSE debug output (-d) of a writable mount."""
+    def read_all(root):
+        n = 0
+        for dirpath, _, filenames in os.walk(root):
+            for name in filenames:
+                with open(os.path.join(dirpath, name), 'rb') as f:
+                    f.read()
+                n += 1
+        return n
+
+    with Mount(env.db, tmp_path / 'dbg', extra=('-d',)) as m:
+        assert read_all(m.mountpoint) == COUNT  # first reads: pages cached, opens stop
+        read_all(m.mountpoint)
+        before = len(m.log_text())
+        files = read_all(m.mountpoint)
+        window = m.log_text()[before:]
+    counts = collections.Counter(re.findall(r'opcode: (\S+) \(', window))
+    print(f'{files} files read warm: {dict(counts)}')
+    assert counts['OPENDIR'] > 0, f'no requests seen in the debug output:\n{window[:2000]}'
+    assert counts['OPEN'] == 0 and counts['FLUSH'] == 0 and counts['RELEASE'] == 0, \
+        f'{files} files read warm: {dict(counts)}'
 
 
 def op_count(db):
