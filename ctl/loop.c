@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "acs/util.h"
+#include "list.h"
 
 #define LOOP_MAX_EVENTS 64
 
@@ -426,10 +427,8 @@ int acs_loop_child_add(acs_loop *l, pid_t pid, acs_loop_child_fn fn, void *userd
         acs_loop_child *c = calloc(1, sizeof(*c));
         if (!c)
                 return -ENOMEM;
-        *c = (acs_loop_child){ .loop = l, .pid = pid, .fn = fn, .userdata = userdata, .next = l->children };
-        if (l->children)
-                l->children->prev = c;
-        l->children = c;
+        *c = (acs_loop_child){ .loop = l, .pid = pid, .fn = fn, .userdata = userdata };
+        ACS_LIST_PREPEND(l->children, c);
         l->reap_pending = true;
         if (ret)
                 *ret = c;
@@ -440,12 +439,7 @@ acs_loop_child *acs_loop_child_free(acs_loop_child *c)
 {
         if (!c)
                 return NULL;
-        if (c->prev)
-                c->prev->next = c->next;
-        else
-                c->loop->children = c->next;
-        if (c->next)
-                c->next->prev = c->prev;
+        ACS_LIST_REMOVE(c->loop->children, c);
         free(c);
         return NULL;
 }

@@ -17,6 +17,7 @@
 
 #include "acs/log.h"
 #include "acs/util.h"
+#include "list.h"
 
 /*
  * Memory per connection is bounded: the struct with its 4096-byte line reader, plus an
@@ -367,12 +368,7 @@ static void conn_kill(struct acsd_conn *c, const char *why)
         c->io = acs_loop_io_free(c->io);
         close(c->fd);
         c->fd = -1;
-        if (c->prev)
-                c->prev->next = c->next;
-        else
-                s->conns = c->next;
-        if (c->next)
-                c->next->prev = c->prev;
+        ACS_LIST_REMOVE(s->conns, c);
         uid_dec(s, c->cred.uid);
         s->n_conns--;
         c->dead_next = s->dead;
@@ -592,10 +588,7 @@ static void accept_one(struct acsd_server *s, int fd)
                 refuse(fd, "internal error");
                 return;
         }
-        c->next = s->conns;
-        if (s->conns)
-                s->conns->prev = c;
-        s->conns = c;
+        ACS_LIST_PREPEND(s->conns, c);
         s->n_conns++;
         acs_log(LOG_DEBUG, "connection %" PRIu64 " from uid %u pid %d%s", c->id, (unsigned)cred.uid,
                 (int)cred.pid, admin ? " (admin)" : "");

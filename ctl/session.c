@@ -13,6 +13,7 @@
 
 #include "acs/log.h"
 #include "acs/util.h"
+#include "list.h"
 #include "session-table.h"
 
 /*
@@ -282,10 +283,7 @@ void acsd_session_conn_new(acsd *d, struct acsd_conn *c)
         sc->d = d;
         sc->c = c;
         sc->st = ACS_CONN_NEW;
-        sc->next = ss->conns;
-        if (ss->conns)
-                ss->conns->prev = sc;
-        ss->conns = sc;
+        ACS_LIST_PREPEND(ss->conns, sc);
         acsd_conn_set_state(c, sc);
 }
 
@@ -331,12 +329,7 @@ void acsd_session_conn_closed(acsd *d, struct acsd_conn *c)
         sc->delay = acs_loop_timer_free(sc->delay);
         stop_watch(sc);
         unhold(sc);
-        if (sc->prev)
-                sc->prev->next = sc->next;
-        else
-                d->sessions->conns = sc->next;
-        if (sc->next)
-                sc->next->prev = sc->prev;
+        ACS_LIST_REMOVE(d->sessions->conns, sc);
         acsd_conn_set_state(c, NULL);
         sodium_memzero(sc, sizeof(*sc));
         free(sc);
