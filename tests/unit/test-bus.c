@@ -171,17 +171,17 @@ static int fx_child_keys(fixture *f, uint32_t id, acs_wire_pub *ret_pub)
         return p[0];
 }
 
-/* fork() with stdout flushed first: a child must not print the parent's buffered TAP lines again. */
-static pid_t xfork(void)
+/*
+ * fork() with stdout flushed first (a child must not print the parent's buffered TAP lines
+ * again); the child runs as uid, gid 65534, no groups (it exits 99 if that fails).
+ */
+static pid_t fork_as(uid_t uid)
 {
         fflush(stdout);
-        return fork();
-}
-
-static void drop_to(uid_t uid)
-{
-        if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(uid) < 0 || getuid() != uid)
+        pid_t pid = fork();
+        if (pid == 0 && (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(uid) < 0 || getuid() != uid))
                 _exit(99);
+        return pid;
 }
 
 static int wait_child(pid_t pid, int timeout_ms)
@@ -380,11 +380,9 @@ TEST(signed_request_boxed_reply_roundtrip)
                 return;
         acs_wire_pub cpub;
         int kfd = fx_child_keys(&f, 7, &cpub);
-        pid_t pid = xfork();
-        if (pid == 0) {
-                drop_to(AGENT_UID);
+        pid_t pid = fork_as(AGENT_UID);
+        if (pid == 0)
                 _exit(roundtrip_child(f.address, kfd));
-        }
         close(kfd);
         /* HELLO: from a connection whose daemon-reported pid and uid are the child's */
         CHECK(fx_wait(&f, 5000));
@@ -552,9 +550,8 @@ TEST(agent_rejects_replayed_flipped_unsigned_wrong_sender_wrong_recipient)
         close(kfd2);
         int rep[2];
         CHECK(pipe2(rep, O_CLOEXEC) == 0);
-        pid_t pid = xfork();
+        pid_t pid = fork_as(AGENT_UID);
         if (pid == 0) {
-                drop_to(AGENT_UID);
                 close(rep[0]);
                 _exit(reporting_child(f.address, kfd, rep[1]));
         }
@@ -637,9 +634,8 @@ TEST(acsd_side_rejects_replay_and_binds_sender)
         int kfd = fx_child_keys(&f, 3, &p1);
         int go[2];
         CHECK(pipe2(go, O_CLOEXEC) == 0);
-        pid_t pid = xfork();
+        pid_t pid = fork_as(AGENT_UID);
         if (pid == 0) {
-                drop_to(AGENT_UID);
                 close(go[1]);
                 acs_agent *a = NULL;
                 if (acs_agent_open(f.address, kfd, ACS_AGENT_SYNCD, &a) < 0)
@@ -851,11 +847,9 @@ TEST(policy_agent_cannot_reach_another_agent_or_eavesdrop)
                 return;
         int names[2], go[2];
         CHECK(pipe2(names, O_CLOEXEC) == 0 && pipe2(go, O_CLOEXEC) == 0);
-        pid_t victim = xfork();
-        if (victim == 0) {
-                drop_to(AGENT2_UID);
+        pid_t victim = fork_as(AGENT2_UID);
+        if (victim == 0)
                 _exit(victim_child(f.address, names[1], go[0]));
-        }
         close(names[1]);
         char vname[64] = "";
         size_t n = 0;
@@ -864,11 +858,9 @@ TEST(policy_agent_cannot_reach_another_agent_or_eavesdrop)
         vname[n] = 0;
         close(names[0]);
         CHECK(vname[0] == ':');
-        pid_t attacker = xfork();
-        if (attacker == 0) {
-                drop_to(AGENT_UID);
+        pid_t attacker = fork_as(AGENT_UID);
+        if (attacker == 0)
                 _exit(attacker_child(f.address, vname));
-        }
         /* acsd may send to an agent meanwhile; the attacker must not see it */
         int64_t end = mono_ms() + 1500;
         while (mono_ms() < end) {
@@ -1019,9 +1011,8 @@ TEST(connections_per_uid_capped)
         fixture f;
         if (!fx_start(&f))
                 return;
-        pid_t pid = xfork();
+        pid_t pid = fork_as(AGENT_UID);
         if (pid == 0) {
-                drop_to(AGENT_UID);
                 acs_bus *b[100] = {0};
                 unsigned ok = 0;
                 for (unsigned i = 0; i < 100; i++)
@@ -1087,9 +1078,8 @@ TEST(agent_refuses_a_stranger_owning_acsds_name)
         CHECK_INT(acs_wire_new(ACS_WIRE_ID_ACSD, &k, &f.wire), 0);
         int ready[2], done[2];
         CHECK(pipe2(ready, O_CLOEXEC) == 0 && pipe2(done, O_CLOEXEC) == 0);
-        pid_t squatter = xfork();
+        pid_t squatter = fork_as(AGENT_UID);
         if (squatter == 0) {
-                drop_to(AGENT_UID);
                 acs_bus *b = NULL;
                 if (acs_bus_connect(f.address, &b) < 0 || acs_bus_request_name(b, ACS_BUS_NAME) < 0)
                         _exit(10);
@@ -1103,9 +1093,8 @@ TEST(agent_refuses_a_stranger_owning_acsds_name)
         CHECK(read(ready[0], &c, 1) == 1);
         acs_wire_pub cpub;
         int kfd = fx_child_keys(&f, 5, &cpub);
-        pid_t agent = xfork();
+        pid_t agent = fork_as(AGENT2_UID);
         if (agent == 0) {
-                drop_to(AGENT2_UID);
                 acs_agent *a = NULL;
                 int r = acs_agent_open(f.address, kfd, ACS_AGENT_SYNCD, &a);
                 _exit(r == -EPERM ? 0 : 1);
@@ -1129,9 +1118,8 @@ TEST(unknown_uid_refused)
         if (!fx_start(&f))
                 return;
         CHECK(getpwuid(65533) == NULL);
-        pid_t pid = xfork();
+        pid_t pid = fork_as(65533);
         if (pid == 0) {
-                drop_to(65533);
                 acs_bus *b = NULL;
                 int r = acs_bus_connect(f.address, &b);
                 _exit(r == -EACCES ? 0 : r == 0 ? 1 : 2);
