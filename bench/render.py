@@ -79,8 +79,9 @@ def machine():
     head = subprocess.run(['git', '-C', str(ROOT), 'rev-parse', '--short', 'HEAD'],
                           capture_output=True, text=True).stdout.strip() or '?'
     when = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
-    return (f'Tables rendered {when} from commit {head} on: {cpu}, {os.cpu_count()} cores, '
-            f'{mem} RAM, {osrel}, kernel {platform.release()}.')
+    return (f'Tables rendered {when} (repository at commit {head}) on: {cpu}, {os.cpu_count()} cores, '
+            f'{mem} RAM, {osrel}, kernel {platform.release()}. Each table says when its own run was; '
+            f'`bench/run` makes them all in one go.')
 
 
 def main():
