@@ -108,6 +108,16 @@ int syncd_push_loop(syncd *sd)
         }
         if (!sd->caps.idle && !notify)
                 acs_log(LOG_WARNING, "server has neither IDLE nor NOTIFY; polling every %d s", POLL_OTHERS_SEC);
+        /*
+         * Mail that arrived between the sync before this loop and NOTIFY taking effect was
+         * announced, if at all, inside the responses to SELECT and NOTIFY SET, where it is
+         * lost: one STATUS round catches it (seen after an agent restart under acsd).
+         */
+        r = syncd_sync_all(sd, true);
+        if (r == 0)
+                r = ensure_inbox(sd);
+        if (r < 0)
+                return failed("STATUS round after NOTIFY", r);
 
         int64_t last_full = mono_sec();
         int ops_fd = syncd_ops_watch_fd(sd);
