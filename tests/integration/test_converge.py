@@ -806,8 +806,18 @@ def run_seed(e, seed):
             f'convergence seed {seed} failed: {type(ex).__name__}: {ex}\n'
             f'replay: ACS_CONVERGE_SEEDS={seed} ACS_BUILD_DIR=... /usr/bin/python3 -m pytest '
             f'tests/integration/test_converge.py\nsteps:\n  {steps}\n'
-            f'--- acs-syncd log (last 60 lines without progress lines):\n{log_tail(e.inst.syncd_log)}') from ex
+            f'--- acs-syncd log (last 60 lines without progress lines):\n{log_tail(e.inst.syncd_log)}'
+            f'\n--- Dovecot log (last 30 lines):\n{dovecot_log_tail(e.dv)}') from ex
     return time.monotonic() - t0
+
+
+def dovecot_log_tail(dv, n=30):
+    """The end of the server's own log: why it reset or refused a connection."""
+    try:
+        with open(dv.log_file, errors='replace') as f:
+            return ''.join(f.readlines()[-n:])
+    except (OSError, AttributeError) as err:
+        return f'(no Dovecot log: {err})'
 
 
 @pytest.mark.timeout(120 + 20 * CHUNK)

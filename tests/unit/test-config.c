@@ -456,6 +456,7 @@ static const char *tmp_path(const char *name)
 
         if (tmpdir[strlen(tmpdir) - 1] == 'X' && !mkdtemp(tmpdir)) {
                 printf("#   mkdtemp: %s\n", strerror(errno));
+                fflush(stdout);
                 abort();
         }
         snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
@@ -467,7 +468,8 @@ static void write_file(const char *path, const char *data, size_t len)
         FILE *f = fopen(path, "w");
 
         if (!f || fwrite(data, 1, len, f) != len || fclose(f) != 0) {
-                printf("#   cannot write %s\n", path);
+                printf("#   cannot write %s: %s\n", path, strerror(errno));
+                fflush(stdout); /* abort() would drop the buffered reason */
                 abort();
         }
 }
