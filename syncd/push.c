@@ -89,6 +89,57 @@ static int failed(const char *step, int r)
         return r;
 }
 
+/*
+ * IDLE, sent by hand: libetpan 1.9.4's mailimap_idle() takes an untagged line that arrives
+ * before the "+" (NOTIFY's STATUS lines do, at any time) for the start of a final response
+ * and waits for a tagged one the server never sends, until the I/O timeout. Here untagged
+ * lines (and their literals) before the "+" are read and reported in *ret_early: the caller
+ * ends this IDLE at once and syncs.
+ */
+static int idle_start(syncd *sd, bool *ret_early)
+{
+        mailimap *imap = sd->imap;
+        bool early = false;
+        imap->imap_idle_timestamp = time(NULL);
+        if (mailimap_send_current_tag(imap) != MAILIMAP_NO_ERROR ||
+            mailstream_write(imap->imap_stream, "IDLE\r\n", 6) < 0 || mailstream_flush(imap->imap_stream) == -1)
+                return -ECONNRESET;
+        for (;;) {
+                char *line = mailimap_read_line(imap);
+                if (!line)
+                        return -ECONNRESET;
+                if (line[0] == '+')
+                        break;
+                if (line[0] != '*')
+                        return -EPROTO; /* a tagged answer: IDLE refused */
+                early = true;
+                /* an untagged line may end in a literal {n}: skip its n bytes, then the rest */
+                for (;;) {
+                        size_t len = strlen(line);
+                        while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+                                len--;
+                        if (!len || line[len - 1] != '}')
+                                break;
+                        const char *open = memrchr(line, '{', len);
+                        if (!open)
+                                break;
+                        unsigned long n = strtoul(open + 1, NULL, 10);
+                        char buf[4096];
+                        while (n > 0) {
+                                ssize_t got = mailstream_read(imap->imap_stream, buf, n < sizeof(buf) ? n : sizeof(buf));
+                                if (got <= 0)
+                                        return -ECONNRESET;
+                                n -= (unsigned long)got;
+                        }
+                        line = mailimap_read_line(imap);
+                        if (!line)
+                                return -ECONNRESET;
+                }
+        }
+        *ret_early = early;
+        return 0;
+}
+
 int syncd_push_loop(syncd *sd)
 {
         bool notify = false;
@@ -144,10 +195,11 @@ int syncd_push_loop(syncd *sd)
                                 return failed("sync after replay", r);
                         progress_event("synced", NULL);
                 }
+                bool early = false;
                 if (sd->caps.idle) {
-                        r = mailimap_idle(sd->imap);
-                        if (r != MAILIMAP_NO_ERROR)
-                                return syncd_etpan_error(r);
+                        r = idle_start(sd, &early);
+                        if (r < 0)
+                                return failed("IDLE", r);
                         idling = true;
                 }
                 int timeout = notify ? IDLE_RENEW_SEC : POLL_OTHERS_SEC;
@@ -155,7 +207,7 @@ int syncd_push_loop(syncd *sd)
                 if (poll_sec && (int)poll_sec < timeout)
                         timeout = (int)poll_sec; /* --poll: a STATUS round also when nothing was pushed */
                 int64_t start = mono_ms();
-                bool ready = sd->imap->imap_stream->read_buffer_len > 0;
+                bool ready = early || sd->imap->imap_stream->read_buffer_len > 0;
                 bool ops = false, forced = false;
                 while (!ready && !ops && !syncd_stop) {
                         int64_t now = mono_ms();
