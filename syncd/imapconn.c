@@ -694,8 +694,7 @@ out:
 
 /* --- session --------------------------------------------------------------------- */
 
-/* Frees imap without sending LOGOUT (libetpan's mailimap_free would). */
-static void session_abort(mailimap *imap)
+void acs_imap_abort(mailimap *imap)
 {
         if (!imap)
                 return;
@@ -905,7 +904,7 @@ done:
 fail:
         if (fd >= 0)
                 close(fd);
-        session_abort(imap);
+        acs_imap_abort(imap);
         return r;
 }
 

@@ -43,6 +43,13 @@ int acs_imap_login(mailimap *imap, const char *user, const char *password, char 
 int acs_imap_error_exit_status(int err);
 
 /*
+ * Closes the connection and frees imap without any network I/O. libetpan's mailimap_free()
+ * sends LOGOUT and reads the answer whenever a stream is open, which after a reset or a
+ * parse error can wait on a server process that never answers.
+ */
+void acs_imap_abort(mailimap *imap);
+
+/*
  * Added by the "tls" helper (new functions only; nothing above changed).
  *
  * Every session from acs_imap_connect reads through a guard that refuses a literal

@@ -228,13 +228,14 @@ static int read_password(int fd, char **ret)
         return 0;
 }
 
+/* polite: LOGOUT first; otherwise closed at once, without any I/O (acs_imap_abort). */
 static void disconnect(syncd *sd, bool polite)
 {
         if (!sd->imap)
                 return;
         if (polite)
                 mailimap_logout(sd->imap);
-        mailimap_free(sd->imap);
+        acs_imap_abort(sd->imap);
         sd->imap = NULL;
         sd->selected = acs_free(sd->selected);
         sd->qresync_enabled = false;
@@ -311,7 +312,7 @@ static int connect_login(syncd *sd)
         bool owned = false;
         r = get_password(o, &password, &owned);
         if (r < 0) {
-                mailimap_free(imap);
+                acs_imap_abort(imap);
                 return r;
         }
         r = acs_imap_login(imap, o->user, password, &err);
@@ -319,7 +320,7 @@ static int connect_login(syncd *sd)
                 password = acs_secret_free(password); /* asked for each login, forgotten after it */
         if (r < 0) {
                 acs_log(LOG_ERR, "login as %s at %s failed: %s", o->user, o->url, err ? err : strerror(-r));
-                mailimap_free(imap);
+                acs_imap_abort(imap);
                 return r;
         }
         sd->imap = imap;
