@@ -372,6 +372,13 @@ class Dovecot:
         master = self._master_pid
         if master is None:
             return
+        # The master forks a login or imap process for every new connection: one forked
+        # between listing the children and killing the master would survive as an orphan
+        # that holds a client's connection without ever answering. Stop the master first.
+        procs.kill_all([master], signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while procs.alive(master) and procs.state(master) != 'T' and time.monotonic() < deadline:
+            time.sleep(0.001)
         pids = set(self.pids()) | self._pids | {master}
         procs.kill_all(pids)
         left = procs.wait_gone(pids, 5)

@@ -72,6 +72,12 @@ def _stat(pid):
     return int(rest[1]), rest[0].decode()
 
 
+def state(pid):
+    """The one-letter state of pid ('R', 'S', 'T' stopped, 'Z' ...), None if it is gone."""
+    st = _stat(pid)
+    return st[1] if st else None
+
+
 def alive(pid):
     """True if pid exists and is not a zombie."""
     st = _stat(pid)
