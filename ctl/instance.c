@@ -39,6 +39,8 @@
 #define STOP_TERM_USEC (2 * USEC_PER_SEC) /* STOP on the bus, then SIGTERM after this */
 #define SYNC_TIMEOUT_USEC (25 * USEC_PER_SEC) /* of silence from acs-syncd (clients time out at 30 s) */
 #define MOUNT_RETRY_USEC (20 * 1000)
+#define FS_WATCHDOG_USEC USEC_PER_SEC /* how often acs-fs children are checked for a stuck death */
+#define FS_DYING_TICKS 2              /* ticks a dying acs-fs gets before its connection is aborted */
 #define MOUNT_WAIT_USEC (10 * USEC_PER_SEC) /* waiting for acs-syncd to create the cache */
 #define REJECT_LOG_PER_WINDOW 20
 #define REJECT_LOG_WINDOW_USEC (10 * USEC_PER_SEC)
@@ -60,6 +62,8 @@ struct child {
         uint64_t started;       /* monotonic usec of the current run */
         int stop_stage;         /* 0 running; 1 STOP sent; 2 SIGTERM sent; 3 SIGKILL sent */
         bool wanted;            /* restart it when it dies */
+        unsigned fuse_conn;     /* acs-fs: its FUSE connection (0: unknown) */
+        unsigned dying;         /* acs-fs: watchdog ticks seen dying but not gone */
 };
 
 struct inst_req {
@@ -143,6 +147,7 @@ struct inst_mgr {
         void (*shutdown_done)(void *);
         void *shutdown_ud;
         acs_loop_timer *shutdown_timer;
+        acs_loop_timer *fs_watchdog; /* every FS_WATCHDOG_USEC: acs-fs stuck while dying */
         uint64_t rejected, reject_window_start;
         unsigned reject_logged;
         uint64_t pass;          /* request walks (see req_pick) */
@@ -516,6 +521,9 @@ static int child_spawn(child *c)
                 }
                 in->mounted = true;
                 in->ever_mounted = true;
+                c->fuse_conn = 0;
+                if (inst_fuse_conn(in->tree, &c->fuse_conn) < 0)
+                        acs_log(LOG_WARNING, "instance %s: FUSE connection of %s not found", in->user, in->tree);
         }
         if (with_keys) {
                 acs_wire_pub pub;
@@ -565,6 +573,7 @@ static int child_spawn(child *c)
         c->id = id;
         c->started = acs_loop_now();
         c->stop_stage = 0;
+        c->dying = 0;
         r = acs_loop_child_add(m->loop, pid, on_child_exit, c, &c->watch);
         if (r < 0) {
                 /* cannot watch it: do not leave it running unwatched */
@@ -633,6 +642,48 @@ static void restart_later(child *c)
         c->backoff = delay * 2 > BACKOFF_MAX ? BACKOFF_MAX : delay * 2;
         acs_log(LOG_NOTICE, "instance %s: restarting %s in %u s", in->user, c->name, delay);
         (void)acs_loop_timer_arm(c->timer, delay * USEC_PER_SEC, 0);
+}
+
+/*
+ * acs-fs killed while the kernel holds a directory lock for a call it will never answer
+ * (a rename, say) and while its watcher thread waits in fuse_reverse_inval_entry for that
+ * very lock cannot finish dying: its main thread is a zombie, the watcher sleeps
+ * uninterruptibly, and the connection (which would fail the call) stays open because the
+ * dying process still holds /dev/fuse. Aborting the connection breaks the circle. Seen
+ * when acs-fs is SIGKILLed in the middle of a write (OOM killer, an administrator).
+ */
+static char proc_state(pid_t pid)
+{
+        char path[64], buf[512];
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return 0;
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        if (n <= 0)
+                return 0;
+        buf[n] = 0;
+        const char *p = strrchr(buf, ')');
+        return p && p[1] == ' ' ? p[2] : 0;
+}
+
+static void on_fs_watchdog(acs_loop_timer *t, void *userdata)
+{
+        inst_mgr *m = userdata;
+        (void)t;
+        for (inst *in = m->list; in; in = in->next) {
+                child *c = &in->fs;
+                if (!c->pid || proc_state(c->pid) != 'Z') {
+                        c->dying = 0;
+                        continue;
+                }
+                /* a zombie the loop has not reaped yet is normal for one tick */
+                if (++c->dying != FS_DYING_TICKS)
+                        continue;
+                int r = c->fuse_conn ? inst_fuse_abort(c->fuse_conn) : -ENOENT;
+                acs_log(LOG_WARNING, "instance %s: %s (pid %d) is stuck while dying; aborting its FUSE connection %u: %s",
+                        in->user, c->name, (int)c->pid, c->fuse_conn, r < 0 ? strerror(-r) : "done");
+        }
 }
 
 static void on_child_timer(acs_loop_timer *t, void *userdata)
@@ -2308,6 +2359,9 @@ int inst_mgr_new(acs_loop *loop, const acs_config *cfg, const inst_opts *opts, i
                 goto fail;
         if ((r = acs_loop_timer_add(loop, 0, 0, on_bus_timer, m, &m->bus_timer)) < 0)
                 goto fail;
+        if ((r = acs_loop_timer_add(loop, FS_WATCHDOG_USEC, FS_WATCHDOG_USEC, on_fs_watchdog, m,
+                                    &m->fs_watchdog)) < 0)
+                goto fail;
         acs_loop_timer_disarm(m->bus_timer);
         if ((r = start_bus(m)) < 0)
                 goto fail;
@@ -2337,6 +2391,9 @@ inst_mgr *inst_mgr_free(inst_mgr *m)
         while (m->list) {
                 inst *in = m->list;
                 m->list = in->next;
+                /* acs-fs stuck dying would make the wait below endless: end its connection */
+                if (in->fs.pid && in->fs.fuse_conn)
+                        (void)inst_fuse_abort(in->fs.fuse_conn);
                 if (in->mounted)
                         (void)inst_umount(in->tree);
                 child_kill_sync(&in->syncd);
@@ -2360,6 +2417,7 @@ inst_mgr *inst_mgr_free(inst_mgr *m)
         free(m->run_dir);
         acs_loop_timer_free(m->bus_timer);
         acs_loop_timer_free(m->shutdown_timer);
+        acs_loop_timer_free(m->fs_watchdog);
         acs_wire_free(m->wire);
         acs_vault_free(m->vault);
         acs_vault_free(m->pending);

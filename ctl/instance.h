@@ -233,3 +233,10 @@ int inst_umount(const char *mountpoint);
 /* Detaches every fuse.acs mount directly below tree_root (left by an earlier acsd).
  * 0 and *ret_count (may be NULL), or the first -errno (the others are still tried). */
 int inst_umount_stale(const char *tree_root, unsigned *ret_count);
+/* The FUSE connection number (the minor of the device) of the fuse.acs mount at
+ * mountpoint, from /proc/self/mountinfo. 0, -ENOENT, -errno. */
+int inst_fuse_conn(const char *mountpoint, unsigned *ret);
+/* Aborts FUSE connection conn (/sys/fs/fuse/connections/<conn>/abort): every request
+ * waiting on it fails with ENOTCONN, and a daemon stuck in the kernel on it can finish
+ * dying. 0 or -errno. */
+int inst_fuse_abort(unsigned conn);

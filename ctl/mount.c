@@ -60,25 +60,28 @@ static void unescape_mountinfo(char *s)
         *w = 0;
 }
 
-int inst_umount_stale(const char *tree_root, unsigned *ret_count)
+/*
+ * Calls fn(ud, mountpoint, minor) for each fuse.acs mount in /proc/self/mountinfo (the
+ * kernel's table: nothing asks a file system, so a hung one cannot block this); stops
+ * when fn returns non-zero and returns that, 0 at the end, -errno if unreadable.
+ */
+static int each_acs_mount(int (*fn)(void *ud, const char *mp, unsigned minor), void *ud)
 {
         FILE *f = fopen("/proc/self/mountinfo", "re");
         if (!f)
                 return -errno;
-        size_t rootlen = strlen(tree_root);
-        unsigned count = 0;
         int ret = 0;
         char *line = NULL;
         size_t cap = 0;
-        /* detaching while reading mountinfo is fine: each line is read once, and a
-         * vanished line only ends the listing early, caught by the next start's umount */
-        while (getline(&line, &cap, f) > 0) {
+        while (ret == 0 && getline(&line, &cap, f) > 0) {
                 /* id parent major:minor root mountpoint options [optional...] - fstype source super */
-                char *save = NULL, *mp = NULL, *fstype = NULL;
+                char *save = NULL, *mp = NULL, *dev = NULL, *fstype = NULL;
                 int field = 0;
                 bool after_dash = false;
                 for (char *t = strtok_r(line, " \n", &save); t; t = strtok_r(NULL, " \n", &save), field++) {
-                        if (field == 4)
+                        if (field == 2)
+                                dev = t;
+                        else if (field == 4)
                                 mp = t;
                         else if (after_dash) {
                                 fstype = t;
@@ -86,21 +89,87 @@ int inst_umount_stale(const char *tree_root, unsigned *ret_count)
                         } else if (field > 5 && strcmp(t, "-") == 0)
                                 after_dash = true;
                 }
-                if (!mp || !fstype || strcmp(fstype, FUSE_FSTYPE) != 0)
+                const char *colon = dev ? strchr(dev, ':') : NULL;
+                if (!mp || !colon || !fstype || strcmp(fstype, FUSE_FSTYPE) != 0)
                         continue;
                 unescape_mountinfo(mp);
-                if (strncmp(mp, tree_root, rootlen) != 0 || mp[rootlen] != '/' ||
-                    strchr(mp + rootlen + 1, '/'))
-                        continue;
-                int r = inst_umount(mp);
-                if (r < 0 && ret == 0)
-                        ret = r;
-                if (r == 0)
-                        count++;
+                ret = fn(ud, mp, (unsigned)strtoul(colon + 1, NULL, 10));
         }
         free(line);
         fclose(f);
-        if (ret == 0 && ret_count)
-                *ret_count = count;
         return ret;
+}
+
+struct stale {
+        const char *root;
+        size_t rootlen;
+        unsigned count;
+        int err;
+};
+
+static int detach_stale(void *ud, const char *mp, unsigned minor)
+{
+        struct stale *st = ud;
+        (void)minor;
+        if (strncmp(mp, st->root, st->rootlen) != 0 || mp[st->rootlen] != '/' || strchr(mp + st->rootlen + 1, '/'))
+                return 0;
+        /* detaching while reading mountinfo is fine: each line is read once, and a vanished
+         * line only ends the listing early, caught by the next start's umount */
+        int r = inst_umount(mp);
+        if (r < 0 && st->err == 0)
+                st->err = r;
+        if (r == 0)
+                st->count++;
+        return 0;
+}
+
+int inst_umount_stale(const char *tree_root, unsigned *ret_count)
+{
+        struct stale st = { .root = tree_root, .rootlen = strlen(tree_root) };
+        int r = each_acs_mount(detach_stale, &st);
+        if (r < 0)
+                return r;
+        if (st.err < 0)
+                return st.err;
+        if (ret_count)
+                *ret_count = st.count;
+        return 0;
+}
+
+struct find_conn {
+        const char *mp;
+        unsigned minor;
+};
+
+static int match_conn(void *ud, const char *mp, unsigned minor)
+{
+        struct find_conn *fc = ud;
+        if (strcmp(mp, fc->mp) != 0)
+                return 0;
+        fc->minor = minor; /* the last match: a mount on top of an older one wins */
+        return 0;
+}
+
+int inst_fuse_conn(const char *mountpoint, unsigned *ret)
+{
+        struct find_conn fc = { .mp = mountpoint, .minor = 0 };
+        int r = each_acs_mount(match_conn, &fc);
+        if (r < 0)
+                return r;
+        if (fc.minor == 0)
+                return -ENOENT;
+        *ret = fc.minor;
+        return 0;
+}
+
+int inst_fuse_abort(unsigned conn)
+{
+        char path[64];
+        snprintf(path, sizeof(path), "/sys/fs/fuse/connections/%u/abort", conn);
+        _cleanup_close_ int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        if (write(fd, "1", 1) != 1)
+                return -errno;
+        return 0;
 }

@@ -5,6 +5,7 @@ tree back, sessions resume)."""
 
 import os
 import subprocess
+import threading
 import time
 
 import pytest
@@ -153,4 +154,103 @@ def test_kill_agent(seeded, harness_tmp, victim):
                  'new mail after the restart')
         assert a.mounted('user1')
     finally:
+        _teardown(a)
+
+
+def _wchans(pid):
+    out = []
+    for t in os.listdir(f'/proc/{pid}/task'):
+        try:
+            with open(f'/proc/{pid}/task/{t}/wchan') as f:
+                out.append(f.read().strip())
+        except OSError:
+            pass
+    return out
+
+
+def test_fs_stuck_dying(seeded, harness_tmp):
+    """acs-fs SIGKILLed while a rename waits for its answer and its watcher thread waits in
+    fuse_reverse_inval_entry for that same directory cannot finish dying on its own
+    (docs/fs.md, "Killed mid-call"): acsd aborts its FUSE connection, the rename fails,
+    acs-fs ends, is restarted, and the tree comes back. gdb (non-stop) holds the FUSE
+    worker that took the rename before it answers, so the deadlock happens every time."""
+    fusecheck.require_fuse()
+    a = Acsd(harness_tmp / 'acsd', dovecot=seeded)
+    gdb = None
+    try:
+        a.open('user1', 'pass1')
+        cur = a.tree('user1') / 'INBOX' / 'cur'
+        files = wait_for(lambda: [f for f in maildir_files(a.tree('user1') / 'INBOX') if '/cur/' in f], 60,
+                         'mail in INBOX/cur')
+        fs_pid = a.agents('user1')['fs'][0]
+        gdb = subprocess.Popen(
+            ['gdb', '-q', '-nx', '-ex', 'set pagination off', '-ex', 'set non-stop on',
+             '-ex', f'attach {fs_pid}', '-ex', 'break rename_message'],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out = []
+        threading.Thread(target=lambda: out.extend(gdb.stdout), daemon=True).start()
+        wait_for(lambda: any('Breakpoint 1 at' in ln for ln in out), 60, 'gdb to set its breakpoint')
+        # a non-stop attach stops the threads one by one, after the commands above ran:
+        # resume them all once they are stopped, and check that none stays stopped
+        time.sleep(1)
+        gdb.stdin.write('continue -a &\n')
+        gdb.stdin.flush()
+        time.sleep(0.5)
+        n = len(out)
+        gdb.stdin.write('info threads\n')
+        gdb.stdin.flush()
+        wait_for(lambda: sum('Thread 0x' in ln for ln in out[n:]) >= 2, 30, 'gdb to list the threads')
+        time.sleep(0.2)
+        listing = [ln for ln in out[n:] if 'Thread 0x' in ln]
+        assert all('(running)' in ln for ln in listing), f'threads not resumed: {listing}'
+        # 1. a rename (flag change) in INBOX/cur: the kernel holds cur's lock until acs-fs answers
+        src = files[0]
+        dst = src.rsplit(':2,', 1)[0] + ':2,' + ''.join(sorted(set(src.rsplit(':2,', 1)[1]) | {'F'}))
+        res = {}
+
+        def do_rename():
+            try:
+                os.rename(src, dst)
+                res['ok'] = True
+            except OSError as e:
+                res['err'] = e
+        renamer = threading.Thread(target=do_rename, daemon=True)
+        renamer.start()
+        wait_for(lambda: any('Breakpoint 1,' in ln for ln in out), 30,
+                 f'the rename to reach acs-fs (gdb: {"".join(out[-10:])})')
+        # 2. a change on the server to another message of INBOX: acs-syncd writes it to the
+        #    cache and acs-fs's watcher invalidates the old name, waiting for cur's lock
+        with seeded.client('user1') as imap:
+            imap.select('INBOX')
+            imap.uid('STORE', '1:*', '+FLAGS', '(\\Answered)')
+        wait_for(lambda: any('fuse_reverse_inval' in w for w in _wchans(fs_pid)), 30,
+                 'the watcher to wait in fuse_reverse_inval_entry')
+        # 3. SIGKILL: the worker dies, the watcher cannot; acs-fs cannot end by itself
+        os.kill(fs_pid, 9)
+        gdb.stdin.write('quit\n')
+        gdb.stdin.close()
+        gdb.wait(timeout=30)
+        t0 = time.monotonic()
+        wait_for(lambda: 'stuck while dying' in a.log_tail(200), 30,
+                 'acsd to notice the stuck acs-fs and abort its connection')
+        renamer.join(30)
+        assert not renamer.is_alive(), 'the rename still hangs after the abort'
+        assert 'err' in res, f'the rename answered success although acs-fs died before answering: {res}'
+        wait_for(lambda: not procs.alive(fs_pid), 30, 'the stuck acs-fs to end')
+        new = wait_for(lambda: [p for p in a.agents('user1')['fs'] if p != fs_pid], 60,
+                       'acsd to restart acs-fs')
+
+        def readable():
+            try:
+                fl = maildir_files(a.tree('user1') / 'INBOX')
+                with open(fl[0], 'rb') as f:
+                    return f.read(1) and fl
+            except (OSError, IndexError):
+                return None
+        wait_for(readable, 60, 'the tree to come back')
+        print(f'\nacs-fs {fs_pid} stuck dying: connection aborted and tree back '
+              f'{time.monotonic() - t0:.2f} s after the kill (new acs-fs {new[0]}); rename: {res["err"]!r}')
+    finally:
+        if gdb is not None and gdb.poll() is None:
+            gdb.kill()
         _teardown(a)
