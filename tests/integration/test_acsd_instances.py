@@ -4,6 +4,7 @@ memory cache gone); who may read a user's tree; kill -9 of acs-syncd or acs-fs (
 tree back, sessions resume)."""
 
 import os
+import resource
 import subprocess
 import threading
 import time
@@ -186,7 +187,8 @@ def test_fs_stuck_dying(seeded, harness_tmp):
         gdb = subprocess.Popen(
             ['gdb', '-q', '-nx', '-ex', 'set pagination off', '-ex', 'set non-stop on',
              '-ex', f'attach {fs_pid}', '-ex', 'break rename_message'],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=harness_tmp, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)))
         out = []
         threading.Thread(target=lambda: out.extend(gdb.stdout), daemon=True).start()
         wait_for(lambda: any('Breakpoint 1 at' in ln for ln in out), 60, 'gdb to set its breakpoint')

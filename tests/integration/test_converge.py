@@ -56,6 +56,7 @@ LOCAL_FLAGS = {'F': '\\Flagged', 'S': '\\Seen', 'D': '\\Draft'}
 SERVER_FLAGS = ('\\Answered', '$label1')
 MID_RE = re.compile(rb'Message-ID: <([^>]+)>', re.I)
 HANG = 10.0   # seconds a killed acs-fs and the call it was serving get to end
+DYING = 1.0   # seconds a killed acs-fs gets before it counts as stuck while dying (acsd: the same)
 
 
 def fs_threads(pid):
@@ -134,6 +135,7 @@ def env():
     os.chmod(e.base, 0o755)
     e.dv = Dovecot(e.base / 'dovecot', users={USER: 'pw'})
     e.inst = None
+    e.aborts = 0
     try:
         # --poll 1: each seed creates and deletes ~8 folders, which soon rotates Dovecot's
         # mailbox list index log; after that Dovecot's NOTIFY stays silent for some
@@ -484,21 +486,32 @@ class Run:
         timer.start()
         worker.start()
         timer.join()
-        worker.join(HANG)
-        hung = worker.is_alive()
+        aborted = ''
+        try:
+            fs.wait(timeout=DYING)
+        except subprocess.TimeoutExpired:
+            # A SIGKILL while the kernel holds a directory lock for a call acs-fs will never
+            # answer, and acs-fs's watcher thread waits in fuse_reverse_inval_entry for that
+            # lock: the process cannot finish dying until its FUSE connection is aborted,
+            # which is what acsd does for a dying acs-fs (docs/fs.md, "Killed mid-call").
+            threads = fs_threads(fs.pid)
+            if any('fuse_reverse_inval' in t for t in threads) and fusecheck.abort_connection(self.inst.tree):
+                aborted = ' (dying acs-fs stuck in fuse_reverse_inval_entry: FUSE connection aborted, as acsd does)'
         try:
             fs.wait(timeout=HANG)
             dead = True
         except subprocess.TimeoutExpired:
             dead = False
+        worker.join(HANG)
+        hung = worker.is_alive()
         if hung or not dead:
             threads = fs_threads(fs.pid)
             abort_mount(self.inst.tree)
             worker.join(HANG)
             raise AssertionError(
                 f'{desc}: acs-fs got SIGKILL during the call and {"did not exit" if not dead else "exited"}'
-                f'{", the call hung" if hung else ""} (threads left: {threads}); the FUSE connection '
-                f'had to be aborted (umount -f)')
+                f'{", the call hung" if hung else ""} (threads left: {threads}){aborted}; the FUSE '
+                f'connection had to be aborted (umount -f)')
         err = res.get('err')
         self.inst.kill_fs()     # reaps it and unmounts the dead mount
         self.inst.start_fs()
@@ -508,7 +521,9 @@ class Run:
         if done:
             commit()
         self.note(f'{desc} with acs-fs killed during it: call {"ok" if err is None else err.strerror}, '
-                  f'{"done" if done else "not done"}')
+                  f'{"done" if done else "not done"}{aborted}')
+        if aborted:
+            self.e.aborts += 1
 
     # ---- server operations (second client) ----
     def s_msgs(self):
@@ -690,16 +705,36 @@ class Run:
         faults = [(self.kill_syncd, 4), (self.start_syncd, 5), (self.kill_fs, 1), (self.kill_fs_during, 2),
                   (self.server_crash, 2), (self.server_start, 5)]
         lfns = {f for f, _ in local}
+        sfns = {f for f, _ in server}
         for _ in range(STEPS):
             choices = local + faults + ([] if self.server_down else server)
             fn = self.rng.choices([f for f, _ in choices], [w for _, w in choices])[0]
             if fn in lfns:
                 self.run_local(fn)
+            elif fn in sfns:
+                self.run_server(fn)
             else:
                 fn()
             pause = self.rng.choice((0, 0, 0, 0.002, 0.01, 0.03))
             if pause:
                 time.sleep(pause)
+
+    def run_server(self, fn):
+        """One server operation. The second client leaves no mailbox selected afterwards:
+        Dovecot ends a session whose selected mailbox was renamed meanwhile (a replayed local
+        rename) with "BYE IMAP session state is inconsistent, please relogin" at its next
+        command, before running it; should that still happen (the rename raced the
+        operation's own SELECT), the client logs in again and the operation is skipped."""
+        try:
+            fn()
+            c = self.srv.c
+            if c is not None and c.state == 'SELECTED':
+                c.unselect()
+        except imaplib.IMAP4.abort as ex:
+            if 'relogin' not in str(ex):
+                raise
+            self.srv.close()
+            self.note(f'{fn.__name__}: Dovecot ended the session before the command ({ex}); skipped')
 
     def kill_fs_during(self):
         fn = self.rng.choices([self.l_flags, self.l_move, self.l_unlink, self.l_append, self.l_mkdir,
@@ -801,23 +836,51 @@ def run_seed(e, seed):
         except Exception:  # noqa: BLE001
             pass
         r.srv.close()
+        stack = syncd_stack(e.inst) if 'not quiescent' in str(ex) else ''
+        keep = os.environ.get('ACS_CONVERGE_KEEP')
+        if keep:  # the whole logs, for a soak's failures
+            d = Path(keep) / f'seed{seed}-{os.getpid()}'
+            d.mkdir(parents=True, exist_ok=True)
+            for src in (e.inst.syncd_log, e.inst.fs_log, Path(e.dv.log_file)):
+                try:
+                    shutil.copy(src, d / src.name)
+                except OSError:
+                    pass
+            (d / 'failure.txt').write_text(f'{ex}\nsteps:\n  ' + '\n  '.join(r.log) + stack)
         steps = '\n  '.join(r.log)
         raise AssertionError(
             f'convergence seed {seed} failed: {type(ex).__name__}: {ex}\n'
             f'replay: ACS_CONVERGE_SEEDS={seed} ACS_BUILD_DIR=... /usr/bin/python3 -m pytest '
             f'tests/integration/test_converge.py\nsteps:\n  {steps}\n'
             f'--- acs-syncd log (last 60 lines without progress lines):\n{log_tail(e.inst.syncd_log)}'
-            f'\n--- Dovecot log (last 30 lines):\n{dovecot_log_tail(e.dv)}') from ex
+            f'\n--- Dovecot log (last 30 lines):\n{dovecot_log_tail(e.dv)}'
+            f'\n--- Dovecot log, lines other than Info (last 30):\n{dovecot_log_tail(e.dv, info=False)}'
+            f'{stack}') from ex
     return time.monotonic() - t0
 
 
-def dovecot_log_tail(dv, n=30):
-    """The end of the server's own log: why it reset or refused a connection."""
+def dovecot_log_tail(dv, n=30, info=True):
+    """The end of the server's own log: why it reset or refused a connection. info=False:
+    only its warnings, errors, fatal errors and panics."""
     try:
         with open(dv.log_file, errors='replace') as f:
-            return ''.join(f.readlines()[-n:])
+            lines = [ln for ln in f if info or ': Info: ' not in ln]
+        return ''.join(lines[-n:])
     except (OSError, AttributeError) as err:
         return f'(no Dovecot log: {err})'
+
+
+def syncd_stack(inst):
+    """Where a live acs-syncd that stopped making progress is (gdb, all threads)."""
+    p = inst.syncd
+    if p is None or p.poll() is not None:
+        return '\n--- acs-syncd is not running'
+    try:
+        bt = subprocess.run(['gdb', '-p', str(p.pid), '-batch', '-ex', 'thread apply all bt'],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        return '\n--- acs-syncd threads (gdb):\n' + bt.stdout[-6000:]
+    except (OSError, subprocess.SubprocessError) as err:
+        return f'\n--- gdb failed: {err}'
 
 
 @pytest.mark.timeout(120 + 20 * CHUNK)
@@ -828,7 +891,8 @@ def test_converge(env, chunk):
         times.append(run_seed(env, seed))
     times.sort()
     print(f'converge: {len(chunk)} seeds {chunk[0]}..{chunk[-1]}, per seed median '
-          f'{times[len(times) // 2]:.2f} s, max {times[-1]:.2f} s')
+          f'{times[len(times) // 2]:.2f} s, max {times[-1]:.2f} s; FUSE connections of a dying acs-fs '
+          f'aborted so far: {env.aborts}')
     for log in (env.inst.syncd_log, env.inst.fs_log):
         text = log.read_text(errors='replace') if log.exists() else ''
         bad = [w for w in ('Sanitizer', 'runtime error:', 'definitely lost') if w in text]

@@ -33,6 +33,25 @@ def is_mounted(path):
     return False
 
 
+def abort_connection(path):
+    """Aborts the FUSE connection mounted at path the way acsd does for a dying acs-fs
+    (/sys/fs/fuse/connections/<minor>/abort; the minor comes from /proc/self/mountinfo, so
+    nothing touches the hung mount itself). Returns True if a connection was aborted."""
+    real = os.path.realpath(path)
+    with open('/proc/self/mountinfo') as f:
+        for line in f:
+            fields = line.split()
+            if fields[4].encode().decode('unicode_escape') == real:
+                minor = fields[2].split(':')[1]
+                try:
+                    with open(f'/sys/fs/fuse/connections/{minor}/abort', 'w') as a:
+                        a.write('1')
+                    return True
+                except OSError:
+                    return False
+    return False
+
+
 def unmount(path):
     """fusermount3 -u path; lazily (-uz) if busy; ignores "not mounted". Raises otherwise."""
     if not is_mounted(path):
