@@ -410,8 +410,19 @@ class Run:
 
         def commit():
             self.msgs[mid] = m
-        return (f'local append {mid} -> {t} {letters or ("new/" if into_new else "")}', act,
-                lambda: self.where(m, t) is not None, commit)
+
+        def probe():
+            if self.where(m, t) is not None:
+                return True
+            # not appended (acs-fs was killed before the commit): the file may still be in
+            # tmp/, where it would keep the folder from being removed; the writer gives the
+            # delivery up and removes it, as a Maildir writer does with a failed delivery
+            try:
+                os.unlink(self.fdir(t) / 'tmp' / uniq)
+            except FileNotFoundError:
+                pass
+            return False
+        return (f'local append {mid} -> {t} {letters or ("new/" if into_new else "")}', act, probe, commit)
 
     def l_mkdir(self):
         parents = [None] + [f for f, o in self.folders.items() if o == 'L' and '/' not in f]
