@@ -897,13 +897,22 @@ def syncd_stack(inst):
 @pytest.mark.timeout(120 + 20 * CHUNK)
 @pytest.mark.parametrize('chunk', CHUNKS, ids=[f'seeds{c[0]}-{c[-1]}' for c in CHUNKS])
 def test_converge(env, chunk):
-    times = []
+    # every seed of the chunk runs, also after a failure (run_seed leaves a working setup
+    # behind); the first failure is reported in full, the others by seed and first line
+    times, failed = [], []
     for seed in chunk:
-        times.append(run_seed(env, seed))
+        try:
+            times.append(run_seed(env, seed))
+        except AssertionError as ex:
+            failed.append((seed, ex))
     times.sort()
-    print(f'converge: {len(chunk)} seeds {chunk[0]}..{chunk[-1]}, per seed median '
-          f'{times[len(times) // 2]:.2f} s, max {times[-1]:.2f} s; FUSE connections of a dying acs-fs '
-          f'aborted so far: {env.aborts}')
+    print(f'converge: {len(chunk)} seeds {chunk[0]}..{chunk[-1]}, {len(failed)} failed, per seed median '
+          f'{times[len(times) // 2] if times else 0:.2f} s, max {times[-1] if times else 0:.2f} s; FUSE '
+          f'connections of a dying acs-fs aborted so far: {env.aborts}')
+    if failed:
+        others = ''.join(f'\n  seed {s}: {str(ex).splitlines()[0][:300]}' for s, ex in failed[1:])
+        raise AssertionError(f'{len(failed)} of {len(chunk)} seeds failed: {[s for s, _ in failed]}'
+                             f'{others}\n--- first failure in full:\n{failed[0][1]}')
     for log in (env.inst.syncd_log, env.inst.fs_log):
         text = log.read_text(errors='replace') if log.exists() else ''
         bad = [w for w in ('Sanitizer', 'runtime error:', 'definitely lost') if w in text]
