@@ -837,6 +837,10 @@ def run_seed(e, seed):
         r.check()
         r.cleanup()
     except BaseException as ex:
+        if not isinstance(ex, Exception):
+            # Ctrl-C, or pytest-timeout's failure: never swallowed by the chunk's loop
+            print(f'\nconvergence seed {seed} interrupted ({type(ex).__name__}); steps:\n  ' + '\n  '.join(r.log))
+            raise
         # leave a running, reachable setup for the next seed
         try:
             r.server_start()
