@@ -42,6 +42,14 @@ static void json_str(FILE *f, const char *s)
 
 void progress_init(bool json)
 {
+        /* stderr is unbuffered: every fputc of a JSON line was a write(2) of its own (~80 per
+         * event). Buffered, each event is one write at its fflush; log lines bypass stdio. */
+        static char buf[4096];
+        static bool buffered;
+        if (!buffered) {
+                setvbuf(stderr, buf, _IOFBF, sizeof(buf));
+                buffered = true;
+        }
         memset(&P, 0, sizeof(P));
         P.json = json;
         P.tty = !json && isatty(STDERR_FILENO);
@@ -137,6 +145,7 @@ void progress_finish(void)
                 fflush(stderr);
         } else if (P.line_open) {
                 fputc('\n', stderr);
+                fflush(stderr);
                 P.line_open = false;
         }
         P.all_msgs = P.all_bytes = 0;
