@@ -107,6 +107,7 @@ typedef struct fs_ctx {
 
         pthread_rwlock_t tree_lock;
         fs_tree *tree;          /* protected by tree_lock; swapped by the watcher */
+        pthread_mutex_t reload_lock; /* one tree build + swap at a time (fs_ctx_reload_tree) */
         int64_t root_mtime_ns;  /* protected by tree_lock */
 
         bool read_only;         /* --read-only: every write answers EROFS (issue 4 behaviour) */
@@ -209,7 +210,9 @@ extern const struct fuse_lowlevel_ops fs_ops;
 
 /*
  * Re-reads the folder tree from s and publishes it in ctx (takes tree_lock for writing).
- * On success *ret_old (if non-NULL) gets the previous tree, owned by the caller.
+ * On success *ret_old (if non-NULL) gets the previous tree, owned by the caller. Builds
+ * and swaps are serialized (reload_lock), so a tree read from an older snapshot (the
+ * watcher's, begun before a mkdir committed) can never replace a newer one (the mkdir's).
  */
 int fs_ctx_reload_tree(fs_ctx *ctx, acs_store *s, fs_tree **ret_old);
 

@@ -51,14 +51,18 @@ acs_store *fs_thread_store(fs_ctx *ctx, int *ret_err)
 int fs_ctx_reload_tree(fs_ctx *ctx, acs_store *s, fs_tree **ret_old)
 {
         fs_tree *t = NULL;
-        int r = fs_tree_build(s, ctx->layout, &t);
 
-        if (r < 0)
+        pthread_mutex_lock(&ctx->reload_lock);
+        int r = fs_tree_build(s, ctx->layout, &t);
+        if (r < 0) {
+                pthread_mutex_unlock(&ctx->reload_lock);
                 return r;
+        }
         pthread_rwlock_wrlock(&ctx->tree_lock);
         fs_tree *old = ctx->tree;
         ctx->tree = t;
         pthread_rwlock_unlock(&ctx->tree_lock);
+        pthread_mutex_unlock(&ctx->reload_lock);
         if (ret_old)
                 *ret_old = old;
         else
@@ -324,6 +328,7 @@ int main(int argc, char **argv)
                 goto out_args;
         }
         pthread_rwlock_init(&ctx.tree_lock, NULL);
+        pthread_mutex_init(&ctx.reload_lock, NULL);
         pthread_mutex_init(&ctx.dirs_lock, NULL);
         pthread_mutex_init(&ctx.write_lock, NULL);
         pthread_mutex_init(&ctx.spool_lock, NULL);
@@ -403,6 +408,7 @@ out_tree:
         pthread_mutex_destroy(&ctx.spool_lock);
         pthread_mutex_destroy(&ctx.write_lock);
         pthread_mutex_destroy(&ctx.dirs_lock);
+        pthread_mutex_destroy(&ctx.reload_lock);
         pthread_rwlock_destroy(&ctx.tree_lock);
         ctx.tree = fs_tree_free(ctx.tree);
 out_args:
