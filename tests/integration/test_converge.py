@@ -643,6 +643,12 @@ class Run:
         self.note(f'server cross-expunge {m.mid} in {src} (uids {uids})')
 
     def s_create(self):
+        """Only while no folder op of the tree (CREATE/DELETE/RENAME) waits to be replayed:
+        Dovecot 2.3 handles a CREATE racing another session's RENAME badly (seen in soaks:
+        answered ALREADYEXISTS for a new name, or answered OK and the folder never listed
+        again; neither is acs's doing), so the test keeps that race out of its model."""
+        if not self.syncd_dead and any(op['kind'] in (5, 6, 7) for op in self.inst.ops()):
+            return
         self.k += 1
         name = f'R{self.seed}c{self.k}'
         c = self.srv.client()
