@@ -389,6 +389,16 @@ static int find_message(syncd *sd, int64_t mailbox_id, const char *srv, const ch
         int r = select_box(sd, srv, &uidvalidity);
         if (r < 0)
                 return r;
+        /* Cached uids name this mailbox's messages only while its UIDVALIDITY is the
+         * server's: after the folder was made again (a local append into a folder the
+         * server deleted) the cached rows are the old folder's, and the message an earlier
+         * attempt stored as uid 1 must not be taken for the old cached uid 1. */
+        bool cache_current = false;
+        acs_mailbox mb = {0};
+        if (acs_store_mailbox_get_by_id(sd->store, mailbox_id, &mb) == 0) {
+                cache_current = mb.uidvalidity != 0 && mb.uidvalidity == uidvalidity;
+                acs_mailbox_clear(&mb);
+        }
         _cleanup_free_ char *mid = message_id_of(body, len);
         _cleanup_free_ char *qmid = mid ? syncd_quote(mid) : NULL;
         _cleanup_free_ char *cmd = NULL;
@@ -415,7 +425,7 @@ static int find_message(syncd *sd, int64_t mailbox_id, const char *srv, const ch
                 all[k++] = *(uint32_t *)clist_content(it);
         for (size_t i = k; i-- > 0 && nc < FIND_MAX_CANDIDATES;) {
                 acs_message m = {0};
-                int g = acs_store_message_get_by_uid(sd->store, mailbox_id, all[i], &m);
+                int g = cache_current ? acs_store_message_get_by_uid(sd->store, mailbox_id, all[i], &m) : -ENOENT;
                 if (g == 0) {
                         acs_message_clear(&m);
                         continue; /* cached: another message with the same content */

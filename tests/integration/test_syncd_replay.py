@@ -239,6 +239,42 @@ def test_append_that_reached_server_before_crash_is_not_duplicated(dovecot, tmp_
     assert len(same) == 1, f'{len(same)} copies on the server'
 
 
+def test_append_into_recreated_folder_before_crash_is_not_duplicated(dovecot, tmp_path):
+    """A local append into a folder the server deleted: the killed attempt made the folder
+    again (new UIDVALIDITY, uids from 1) and stored the message as uid 1, which the cache
+    still knows as the old folder's uid 1. The retry must find it, not append a second copy
+    (soak seed 5490: the cached old uid 1 made the search skip the message)."""
+    dv = dovecot
+    c = dv.client('user1')
+    assert c.create('Side')[0] == 'OK'
+    c.append('Side', None, None, b'Subject: server side\r\n\r\nserver mail\r\n')
+    c.logout()
+    corpus, db = prepare(dv, tmp_path)
+    assert [m[0] for m in cache_state(db)['Side']] == [1]
+    body = b'Subject: local\nMessage-ID: <again@acs>\n\nlocal mail into a folder made again\n'
+    f = tmp_path / 'again.eml'
+    f.write_bytes(body)
+    localop(db, 'append', 'Side', f, 'S', 1700000300)
+    con = sqlite3.connect(str(db), timeout=30)
+    seq = con.execute('SELECT seq FROM op WHERE kind = 4').fetchone()[0]
+    # the server deletes the folder; the killed attempt made it again and appended
+    c = dv.client('user1')
+    assert c.delete('Side')[0] == 'OK'
+    assert c.create('Side')[0] == 'OK'
+    c.append('Side', r'(\Seen)', time.gmtime(1700000300), body.replace(b'\n', b'\r\n'))
+    select(c, 'Side')
+    typ, data = c.uid('SEARCH', 'ALL')
+    assert data[0].split() == [b'1'], data
+    c.logout()
+    with con:
+        con.execute("INSERT INTO meta (key, value) VALUES ('replay.inflight', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(seq),))
+    con.close()
+    srv, _, _ = converge(dv, db)
+    bodies = [x[3] for x in srv['Side']]
+    assert bodies == [body.replace(b'\n', b'\r\n')], f'{len(bodies)} messages on the server: {bodies}'
+
+
 def test_offline_ops_replay_in_order(dovecot, tmp_path):
     """Server down: ops accumulate (--once fails with 75, log kept); back up: all replay in order."""
     dv = dovecot
