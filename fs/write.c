@@ -833,14 +833,17 @@ static int rename_message(fs_ctx *ctx, const dir_info *from, const char *name, c
                 r = -EEXIST;
                 goto out;
         }
+        /* what the client's name showed: the delta is from that, never from a row acs-syncd
+         * changed since (acs_local_set_flags_seen) */
+        const acs_local_seen seen = { .flags = m.flags, .keywords = m.keywords };
         if (to->mailbox_id == from->mailbox_id) {
                 if (strcmp(t.uniq, m.uniq) != 0) {
                         r = -EINVAL; /* the unique part is stable while the message stays */
                         goto out;
                 }
-                r = logged(ctx, acs_local_set_flags(s, m.id, t.flags, kw, state), "flags");
+                r = logged(ctx, acs_local_set_flags_seen(s, m.id, &seen, t.flags, kw, state), "flags");
         } else {
-                r = logged(ctx, acs_local_move(s, m.id, to->mailbox_id, t.uniq, t.flags, kw, state),
+                r = logged(ctx, acs_local_move_seen(s, m.id, &seen, to->mailbox_id, t.uniq, t.flags, kw, state),
                            "move");
         }
 out:

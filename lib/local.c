@@ -217,7 +217,17 @@ typedef struct flags_args {
         int64_t id;
         unsigned flags, state;
         const char *keywords;
+        const acs_local_seen *seen;
 } flags_args;
+
+/* True when the row still has the flags and keywords the caller saw (or nothing was seen). */
+static bool still_seen(const acs_message *m, const acs_local_seen *seen)
+{
+        if (!seen)
+                return true;
+        const char *a = m->keywords ? m->keywords : "", *b = seen->keywords ? seen->keywords : "";
+        return m->flags == seen->flags && strcmp(a, b) == 0;
+}
 
 static int set_flags_tx(acs_store *s, void *arg)
 {
@@ -230,6 +240,10 @@ static int set_flags_tx(acs_store *s, void *arg)
         r = acs_store_message_get(s, a->id, &m);
         if (r < 0)
                 return r;
+        if (!still_seen(&m, a->seen)) {
+                r = -ENOENT; /* changed since the caller looked: its name is gone */
+                goto out;
+        }
         changed = delta_compute(s, m.flags, m.keywords, a->flags, a->keywords, &d);
         if (changed < 0) {
                 r = changed;
@@ -270,7 +284,13 @@ static bool flags_valid(unsigned flags, unsigned state)
 int acs_local_set_flags(acs_store *s, int64_t message_id, unsigned flags, const char *keywords,
                         unsigned state)
 {
-        flags_args a = { .id = message_id, .flags = flags, .state = state, .keywords = keywords };
+        return acs_local_set_flags_seen(s, message_id, NULL, flags, keywords, state);
+}
+
+int acs_local_set_flags_seen(acs_store *s, int64_t message_id, const acs_local_seen *seen, unsigned flags,
+                             const char *keywords, unsigned state)
+{
+        flags_args a = { .id = message_id, .flags = flags, .state = state, .keywords = keywords, .seen = seen };
 
         if (!flags_valid(flags, state))
                 return -EINVAL;
@@ -314,6 +334,7 @@ typedef struct move_args {
         const char *uniq;
         unsigned flags, state;
         const char *keywords;
+        const acs_local_seen *seen;
 } move_args;
 
 static int move_tx(acs_store *s, void *arg)
@@ -328,6 +349,10 @@ static int move_tx(acs_store *s, void *arg)
         r = acs_store_message_get(s, a->id, &m);
         if (r < 0)
                 return r;
+        if (!still_seen(&m, a->seen)) {
+                r = -ENOENT;
+                goto out;
+        }
         r = acs_store_mailbox_get_by_id(s, a->target, &target);
         if (r < 0)
                 goto out;
@@ -388,8 +413,14 @@ out:
 int acs_local_move(acs_store *s, int64_t message_id, int64_t target_mailbox_id, const char *uniq,
                    unsigned flags, const char *keywords, unsigned state)
 {
+        return acs_local_move_seen(s, message_id, NULL, target_mailbox_id, uniq, flags, keywords, state);
+}
+
+int acs_local_move_seen(acs_store *s, int64_t message_id, const acs_local_seen *seen, int64_t target_mailbox_id,
+                        const char *uniq, unsigned flags, const char *keywords, unsigned state)
+{
         move_args a = { .id = message_id, .target = target_mailbox_id, .uniq = uniq,
-                        .flags = flags, .state = state, .keywords = keywords };
+                        .flags = flags, .state = state, .keywords = keywords, .seen = seen };
 
         if (!flags_valid(flags, state))
                 return -EINVAL;

@@ -58,6 +58,23 @@ int acs_local_move(acs_store *s, int64_t message_id, int64_t target_mailbox_id, 
                    unsigned flags, const char *keywords, unsigned state);
 
 /*
+ * The flags and keywords a caller saw when it picked the message (acs-fs: those its file
+ * name showed). The _seen variants answer -ENOENT when the row no longer has them: acs-syncd
+ * applied a server change between the caller's lookup and this transaction, and a delta
+ * computed from the new row would undo that change (a client renaming "X:2,D" to "X:2,DS"
+ * after the server set \Answered sent -FLAGS \Answered). The client's name is stale, as
+ * if the file had been renamed under it: it looks again, as Maildir clients do.
+ */
+typedef struct acs_local_seen {
+        unsigned flags;
+        const char *keywords;
+} acs_local_seen;
+int acs_local_set_flags_seen(acs_store *s, int64_t message_id, const acs_local_seen *seen, unsigned flags,
+                             const char *keywords, unsigned state);
+int acs_local_move_seen(acs_store *s, int64_t message_id, const acs_local_seen *seen, int64_t target_mailbox_id,
+                        const char *uniq, unsigned flags, const char *keywords, unsigned state);
+
+/*
  * Adds a message (uid 0) with its body data (len bytes, stored as given: LF line ends as
  * written in the tree; acs-syncd converts to CRLF) and queues an APPEND op (mailbox_id,
  * message_id, body_id, flags_add = flags, keywords_add = keywords, internaldate).

@@ -165,6 +165,24 @@ TEST(set_flags)
         CHECK_INT(m.flags, ACS_FLAG_SEEN);
         acs_message_clear(&m);
 
+        /* the client saw other flags than the row has now (acs-syncd applied \\Answered from
+         * the server meanwhile): -ENOENT, nothing changes, no op that would undo it */
+        CHECK_INT(acs_local_set_flags_seen(s, id, &(acs_local_seen){ .flags = ACS_FLAG_SEEN, .keywords = "" },
+                                           ACS_FLAG_SEEN | ACS_FLAG_DRAFT, NULL, 0), 0);
+        next_op(s, &seq, &op);
+        CHECK_INT(op.flags_add, ACS_FLAG_DRAFT);
+        CHECK_INT(op.flags_del, 0);
+        acs_op_clear(&op);
+        CHECK_INT(acs_local_set_flags_seen(s, id, &(acs_local_seen){ .flags = ACS_FLAG_SEEN, .keywords = NULL },
+                                           ACS_FLAG_SEEN | ACS_FLAG_FLAGGED, NULL, 0), -ENOENT);
+        CHECK_INT(acs_local_move_seen(s, id, &(acs_local_seen){ .flags = ACS_FLAG_FLAGGED, .keywords = NULL },
+                                      add_mailbox(s, "Other", 0), NULL, ACS_FLAG_SEEN, NULL, 0), -ENOENT);
+        CHECK_INT(op_count(s), 3);
+        CHECK_INT(acs_store_message_get(s, id, &m), 0);
+        CHECK_INT(m.flags, ACS_FLAG_SEEN | ACS_FLAG_DRAFT);
+        CHECK_INT(m.mailbox_id, inbox);
+        acs_message_clear(&m);
+
         /* nested in an open transaction: refused */
         CHECK_INT(acs_store_begin(s, false), 0);
         CHECK_INT(acs_local_set_flags(s, id, 0, NULL, 0), -EINVAL);
