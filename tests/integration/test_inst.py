@@ -73,6 +73,10 @@ def test_concurrent_opens_share_one_start(seeded, harness_tmp):
             assert not isinstance(results[i], AcsError), (i, results[i], a.log_tail())
             assert results[i]['path'] == str(a.tree('user1'))
         assert len({results[i]['token'] for i in (0, 1, 3)}) == 3
+        # acsd answers once the tree is mounted, which it does itself before it starts
+        # acs-fs: the child may not have exec'd yet (seen once in CI under load)
+        _wait(a, lambda: (lambda g: g['syncd'] and g['fs'])(a.agents('user1')), 30, 'acs-syncd and acs-fs')
+        time.sleep(0.2)
         agents = a.agents('user1')
         assert len(agents['syncd']) == 1 and len(agents['fs']) == 1, agents
         st = _status(a, 'user1')
