@@ -216,24 +216,40 @@ def test_uidvalidity_change_never_deletes(dovecot, tmp_path):
     assert lf(victim[3]) in by_body(srv, 'Lists')
 
 
+def queue_append(db, tmp_path, folder, body, date):
+    """A local append (flag S) of body into folder; returns its op's seq."""
+    f = tmp_path / 'append.eml'
+    f.write_bytes(body)
+    localop(db, 'append', folder, f, 'S', date)
+    con = db_connect(db)
+    try:
+        return con.execute('SELECT seq FROM op WHERE kind = 4').fetchone()[0]
+    finally:
+        con.close()
+
+
+def mark_in_flight(db, seq):
+    """What an attempt killed after sending op seq leaves: the in-flight marker on it."""
+    con = sqlite3.connect(str(db), timeout=30)
+    try:
+        with con:
+            con.execute("INSERT INTO meta (key, value) VALUES ('replay.inflight', ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(seq),))
+    finally:
+        con.close()
+
+
 def test_append_that_reached_server_before_crash_is_not_duplicated(dovecot, tmp_path):
     """An APPEND sent before acs-syncd died (in-flight marker set) is found by its content."""
     dv = dovecot
     corpus, db = prepare(dv, tmp_path)
     body = b'Subject: once\nMessage-ID: <once@acs>\n\nonly once please\n'
-    f = tmp_path / 'once.eml'
-    f.write_bytes(body)
-    localop(db, 'append', 'Archive', f, 'S', 1700000200)
-    con = sqlite3.connect(str(db), timeout=30)
-    seq = con.execute('SELECT seq FROM op WHERE kind = 4').fetchone()[0]
+    seq = queue_append(db, tmp_path, 'Archive', body, 1700000200)
     # what the killed attempt did: the server has it, the marker says it may have
     c = dv.client('user1')
     c.append('Archive', r'(\Seen)', time.gmtime(1700000200), body.replace(b'\n', b'\r\n'))
     c.logout()
-    with con:
-        con.execute("INSERT INTO meta (key, value) VALUES ('replay.inflight', ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(seq),))
-    con.close()
+    mark_in_flight(db, seq)
     srv, _, _ = converge(dv, db)
     same = [x for x in srv['Archive'] if x[3] == body.replace(b'\n', b'\r\n')]
     assert len(same) == 1, f'{len(same)} copies on the server'
@@ -252,11 +268,7 @@ def test_append_into_recreated_folder_before_crash_is_not_duplicated(dovecot, tm
     corpus, db = prepare(dv, tmp_path)
     assert [m[0] for m in cache_state(db)['Side']] == [1]
     body = b'Subject: local\nMessage-ID: <again@acs>\n\nlocal mail into a folder made again\n'
-    f = tmp_path / 'again.eml'
-    f.write_bytes(body)
-    localop(db, 'append', 'Side', f, 'S', 1700000300)
-    con = sqlite3.connect(str(db), timeout=30)
-    seq = con.execute('SELECT seq FROM op WHERE kind = 4').fetchone()[0]
+    seq = queue_append(db, tmp_path, 'Side', body, 1700000300)
     # the server deletes the folder; the killed attempt made it again and appended
     c = dv.client('user1')
     assert c.delete('Side')[0] == 'OK'
@@ -266,10 +278,7 @@ def test_append_into_recreated_folder_before_crash_is_not_duplicated(dovecot, tm
     typ, data = c.uid('SEARCH', 'ALL')
     assert data[0].split() == [b'1'], data
     c.logout()
-    with con:
-        con.execute("INSERT INTO meta (key, value) VALUES ('replay.inflight', ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(seq),))
-    con.close()
+    mark_in_flight(db, seq)
     srv, _, _ = converge(dv, db)
     bodies = [x[3] for x in srv['Side']]
     assert bodies == [body.replace(b'\n', b'\r\n')], f'{len(bodies)} messages on the server: {bodies}'
