@@ -238,5 +238,5 @@ int inst_umount_stale(const char *tree_root, unsigned *ret_count);
 int inst_fuse_conn(const char *mountpoint, unsigned *ret);
 /* Aborts FUSE connection conn (/sys/fs/fuse/connections/<conn>/abort): every request
  * waiting on it fails with ENOTCONN, and a daemon stuck in the kernel on it can finish
- * dying. 0 or -errno. */
+ * dying. Mounts the fusectl filesystem there first when it is not mounted. 0 or -errno. */
 int inst_fuse_abort(unsigned conn);

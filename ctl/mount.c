@@ -162,11 +162,21 @@ int inst_fuse_conn(const char *mountpoint, unsigned *ret)
         return 0;
 }
 
+#define FUSECTL_DIR "/sys/fs/fuse/connections"
+
 int inst_fuse_abort(unsigned conn)
 {
         char path[64];
-        snprintf(path, sizeof(path), "/sys/fs/fuse/connections/%u/abort", conn);
+        snprintf(path, sizeof(path), FUSECTL_DIR "/%u/abort", conn);
         _cleanup_close_ int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT) {
+                /* many hosts (containers, minimal VMs, no systemd) never mount the FUSE
+                 * control filesystem: mount it once and look again */
+                if (mount("fusectl", FUSECTL_DIR, "fusectl", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0 &&
+                    errno != EBUSY)
+                        return -errno;
+                fd = open(path, O_WRONLY | O_CLOEXEC);
+        }
         if (fd < 0)
                 return -errno;
         if (write(fd, "1", 1) != 1)

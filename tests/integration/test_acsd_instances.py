@@ -227,14 +227,18 @@ def test_fs_stuck_dying(seeded, harness_tmp):
             imap.uid('STORE', '1:*', '+FLAGS', '(\\Answered)')
         wait_for(lambda: any('fuse_reverse_inval' in w for w in _wchans(fs_pid)), 30,
                  'the watcher to wait in fuse_reverse_inval_entry')
-        # 3. SIGKILL: the worker dies, the watcher cannot; acs-fs cannot end by itself
+        # 3. SIGKILL: the worker dies, the watcher cannot; acs-fs cannot end by itself.
+        #    Without the FUSE control filesystem (not mounted on many hosts) acsd mounts it
+        kept = fusecheck.unmount_fusectl()
         os.kill(fs_pid, 9)
         gdb.stdin.write('quit\n')
         gdb.stdin.close()
         gdb.wait(timeout=30)
         t0 = time.monotonic()
-        wait_for(lambda: 'stuck while dying' in a.log_tail(200), 30,
-                 'acsd to notice the stuck acs-fs and abort its connection')
+        line = wait_for(lambda: [ln for ln in a.log_tail(200).splitlines() if 'stuck while dying' in ln], 30,
+                        'acsd to notice the stuck acs-fs and abort its connection')[0]
+        assert line.endswith(': done'), f'acsd could not abort the connection: {line}'
+        assert fusecheck.fusectl_mounted(), 'acsd did not mount the FUSE control filesystem'
         renamer.join(30)
         assert not renamer.is_alive(), 'the rename still hangs after the abort'
         assert 'err' in res, f'the rename answered success although acs-fs died before answering: {res}'
@@ -251,7 +255,9 @@ def test_fs_stuck_dying(seeded, harness_tmp):
                 return None
         wait_for(readable, 60, 'the tree to come back')
         print(f'\nacs-fs {fs_pid} stuck dying: connection aborted and tree back '
-              f'{time.monotonic() - t0:.2f} s after the kill (new acs-fs {new[0]}); rename: {res["err"]!r}')
+              f'{time.monotonic() - t0:.2f} s after the kill (new acs-fs {new[0]}); rename: {res["err"]!r}; '
+              + (f'fusectl stayed mounted, its mounting by acsd not tested ({kept})' if kept
+                 else 'fusectl was unmounted before the kill and mounted by acsd'))
     finally:
         if gdb is not None and gdb.poll() is None:
             gdb.kill()

@@ -33,11 +33,41 @@ def is_mounted(path):
     return False
 
 
+FUSECTL = '/sys/fs/fuse/connections'
+
+
+def fusectl_mounted():
+    """True if the FUSE control filesystem is mounted at /sys/fs/fuse/connections."""
+    with open('/proc/self/mountinfo') as f:
+        return any(line.split()[4] == FUSECTL for line in f)
+
+
+def ensure_fusectl():
+    """Mounts the FUSE control filesystem if it is not mounted (many machines without
+    systemd never mount it); acsd does the same before it aborts a connection."""
+    if not fusectl_mounted():
+        subprocess.run(['mount', '-t', 'fusectl', 'fusectl', FUSECTL], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def unmount_fusectl():
+    """Unmounts the FUSE control filesystem, so a test can check that acsd mounts it.
+    Returns None when it is unmounted, else why not (a container may not allow it)."""
+    if not fusectl_mounted():
+        return None
+    r = subprocess.run(['umount', FUSECTL], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if fusectl_mounted():
+        return f'umount {FUSECTL}: exit {r.returncode}: {r.stdout.strip()}'
+    return None
+
+
 def abort_connection(path):
     """Aborts the FUSE connection mounted at path the way acsd does for a dying acs-fs
     (/sys/fs/fuse/connections/<minor>/abort; the minor comes from /proc/self/mountinfo, so
     nothing touches the hung mount itself). Returns True if a connection was aborted."""
     real = os.path.realpath(path)
+    ensure_fusectl()
     with open('/proc/self/mountinfo') as f:
         for line in f:
             fields = line.split()
