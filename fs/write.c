@@ -1310,35 +1310,6 @@ void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 /* ---- start and stop ---- */
 
 /*
- * A process killed inside COMMIT after the WAL was written (and even synced) but before
- * the shared WAL index was updated leaves a transaction in limbo: invisible to connections
- * that were open all along (acs-syncd's), visible once the last connection closed and the
- * next one rebuilt the index from the WAL, unless a write overwrote those frames first.
- * One durable write of our own settles it for good (committed if our connection rebuilt
- * the index, gone if it did not), so what the markers are checked against cannot change
- * afterwards.
- */
-static int settle_limbo(acs_store *s)
-{
-        char now[64];
-        struct timespec ts;
-        int r;
-
-        /* a value never written before: SQLite skips writing a cell whose content is unchanged */
-        clock_gettime(CLOCK_REALTIME, &ts);
-        snprintf(now, sizeof(now), "%lld.%09ld pid %d", (long long)ts.tv_sec, ts.tv_nsec, (int)getpid());
-        r = acs_store_begin(s, true);
-        if (r < 0)
-                return r;
-        r = acs_store_meta_set(s, "acs-fs.spool-settled", now);
-        if (r == 0)
-                r = acs_store_commit(s);
-        if (r < 0)
-                acs_store_rollback(s);
-        return r;
-}
-
-/*
  * Settles one marker left by a crash (see MARKER_PREFIX). A marker that cannot be read
  * whole was being written when the crash came: the transaction had not begun. When the
  * cache cannot answer, the marker stays and the error is returned (acs-fs does not start
@@ -1396,24 +1367,33 @@ int fs_spool_init(fs_ctx *ctx)
 
         if (mkdir(ctx->spool_dir, 0700) < 0 && errno != EEXIST)
                 return -errno;
+        /* before the tree is read and served: a change of the acs-fs killed before us that
+         * is in limbo (acs_store_settle) is settled now, so the tree cannot change its mind
+         * about it later, and the markers below are checked against a state that stays */
+        r = acs_store_open(ctx->db_path, 0, &s, &err);
+        if (r == 0)
+                r = acs_store_settle(s);
+        if (r < 0) {
+                acs_log(LOG_WARNING, "cannot settle the cache's last transaction: %s",
+                        err ? err : s ? acs_store_errmsg(s) : strerror(-r));
+                free(err);
+                s = acs_store_close(s);
+        }
+        int settled = r;
         dir = opendir(ctx->spool_dir);
-        if (!dir)
-                return -errno;
+        if (!dir) {
+                r = -errno;
+                acs_store_close(s);
+                return r;
+        }
         while ((de = readdir(dir))) {
                 if (strncmp(de->d_name, MARKER_PREFIX, strlen(MARKER_PREFIX)) != 0)
                         continue;
-                if (!s) {
-                        r = acs_store_open(ctx->db_path, 0, &s, &err);
-                        if (r == 0)
-                                r = settle_limbo(s);
-                        if (r < 0) {
-                                acs_log(LOG_ERR, "cannot open the cache: %s",
-                                        err ? err : s ? acs_store_errmsg(s) : strerror(-r));
-                                free(err);
-                                acs_store_close(s);
-                                closedir(dir);
-                                return r;
-                        }
+                if (settled < 0) {
+                        /* a marker is checked against the cache only once it is settled */
+                        acs_log(LOG_ERR, "cannot settle the spool's markers without a writable cache");
+                        closedir(dir);
+                        return settled;
                 }
                 if (snprintf(marker, sizeof(marker), "%s/%s", ctx->spool_dir, de->d_name) >=
                     (int)sizeof(marker))

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <sodium.h>
 #include <sqlite3.h>
@@ -2310,6 +2312,26 @@ int acs_store_op_count(acs_store *s, uint64_t *ret_count)
 }
 
 /* ---- meta ---- */
+
+int acs_store_settle(acs_store *s)
+{
+        struct timespec ts;
+        char v[64];
+        int r;
+
+        /* a value that changes every time: the write must produce a WAL frame */
+        clock_gettime(CLOCK_REALTIME, &ts);
+        snprintf(v, sizeof(v), "%ld.%09ld %ld", (long)ts.tv_sec, ts.tv_nsec, (long)getpid());
+        r = acs_store_begin(s, true);
+        if (r < 0)
+                return r;
+        r = acs_store_meta_set(s, "settled", v);
+        if (r < 0) {
+                acs_store_rollback(s);
+                return r;
+        }
+        return acs_store_commit(s);
+}
 
 int acs_store_meta_get(acs_store *s, const char *key, char **ret_value)
 {

@@ -620,6 +620,15 @@ int main(int argc, char **argv)
                 return r == -EACCES ? EX_NOPERM : r == -ENOENT ? EX_CANTCREAT : EX_IOERR;
         }
 
+        /* what a killed writer left in limbo is decided before anything is read and acted on */
+        r = acs_store_settle(store);
+        if (r < 0) {
+                acs_log(LOG_ERR, "cannot write to the cache: %s", acs_store_errmsg(store));
+                acs_store_close(store);
+                sodium_free(o.password);
+                agent_stop();
+                return EX_IOERR;
+        }
         acs_log(LOG_DEBUG, "%.1f ms: cache open", ms_since_start());
         progress_init(o.progress_json);
         syncd sd = {.opts = &o, .store = store, .wake_fd = wake_pipe[0]};

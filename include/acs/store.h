@@ -53,6 +53,16 @@ const char *acs_store_errmsg(acs_store *s);
 int acs_store_begin(acs_store *s, bool durable);
 int acs_store_commit(acs_store *s);
 void acs_store_rollback(acs_store *s);
+/*
+ * Settles the outcome of a transaction whose process was killed while committing it: its
+ * frames may be in the WAL but not in the shared WAL index, so a reader that shares the
+ * index with a live process does not see it, while a later WAL recovery (every process
+ * gone, then an open) would bring it back: a rename that failed and was seen undone would
+ * turn out done after all. One durable write (meta "settled") overwrites such frames, so
+ * what readers see now stays. A program that writes calls it once after opening, before
+ * it shows or acts on anything. Not in a transaction. 0 or -errno.
+ */
+int acs_store_settle(acs_store *s);
 
 /* ---- system flags, in Maildir letter order (D F P R S T) ---- */
 enum acs_flag {

@@ -622,6 +622,26 @@ def test_append_killed_mid_way_ends_up_exactly_once(tree, syscall, committed):
 
 
 # the system calls of an append's path in acs-fs (the spool file, the marker, SQLite's WAL)
+def _call_killed_at(t, syscalls, when, call):
+    """Runs call() (its OSError ignored) with acs-fs to be SIGKILLed at the when-th of
+    syscalls; returns True if it was, after mounting the tree again."""
+    st = _strace(t, syscalls, when)
+    try:
+        try:
+            call()
+        except OSError:
+            pass
+        wait_for(lambda: t.mount.proc.poll() is not None, 0.3)
+    finally:
+        st.send_signal(signal.SIGINT)
+        st.wait(timeout=10)
+    killed = t.mount.proc.poll() == -signal.SIGKILL
+    if killed:
+        t.mount.stop()
+        start(t)
+    return killed
+
+
 APPEND_STEPS = ('openat', 'write', 'pwrite64', 'fsync', 'fdatasync', 'unlink', 'close')
 
 
@@ -652,7 +672,7 @@ def test_append_killed_at_every_step(tree, reader):
     with-reader: another connection stays open all along (as acs-syncd's does). A kill inside
     COMMIT after the WAL write then leaves the transaction in limbo (the shared WAL index was
     not updated); acs-fs settles it on start with a write of its own before it looks at the
-    markers (write.c: settle_limbo): committed when its connection rebuilt the index
+    markers (acs_store_settle): committed when its connection rebuilt the index
     (alone), gone when it could not (with-reader); either way the markers agree."""
     inbox = tree.root / 'INBOX'
     text = b'Subject: step\n\n' + b'x' * 5000 + b'\n'
@@ -670,20 +690,8 @@ def test_append_killed_at_every_step(tree, reader):
             tree.mount.stop_clean()
             start(tree)
             (inbox / 'tmp' / 'step.1').write_bytes(text)
-            st = _strace(tree, sc, when)
-            try:
-                try:
-                    os.rename(inbox / 'tmp' / 'step.1', inbox / 'new' / 'step.1')
-                except OSError:
-                    pass
-                wait_for(lambda: tree.mount.proc.poll() is not None, 0.3)
-            finally:
-                st.send_signal(signal.SIGINT)
-                st.wait(timeout=10)
-            killed = tree.mount.proc.poll() == -signal.SIGKILL
-            if killed:
-                tree.mount.stop()
-                start(tree)
+            killed = _call_killed_at(tree, sc, when,
+                                     lambda: os.rename(inbox / 'tmp' / 'step.1', inbox / 'new' / 'step.1'))
             state = _append_state(tree, inbox, text)
             if killed and held:
                 # the reader goes, everything is reopened (SQLite rebuilds the WAL index
@@ -714,6 +722,77 @@ def test_append_killed_at_every_step(tree, reader):
     print(f'append killed at {steps} steps {counts}: {outcomes}')
     assert counts['fsync'] >= 1 and counts['unlink'] >= 1 and counts['pwrite64'] >= 1
     assert outcomes['done'] > 0 and outcomes['not'] > 0
+
+
+def _fresh_cache(t):
+    """Unmounts, makes the cache again from the seed tree with acs-import, mounts it."""
+    t.mount.stop_clean()
+    for p in t.base.glob('cache.db*'):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    subprocess.run([paths.binary('acs-import'), '--db', str(t.db), str(t.base / 'md')], check=True,
+                   capture_output=True, timeout=60)
+    start(t)
+
+
+def _where(t, subject):
+    """Where the message with this subject shows in the tree: (folder, path) or None."""
+    for folder in ('INBOX', 'Archive'):
+        hits = [p for p, sub in folder_files(t.root / folder).values()
+                if p.read_bytes().startswith(b'Subject: ' + subject.encode() + b'\n')]
+        if hits:
+            assert len(hits) == 1, hits
+            return folder, hits[0].name.partition(':2,')[2]
+    return None
+
+
+@pytest.mark.parametrize('kind', ['flags', 'move', 'unlink'])
+def test_write_killed_in_commit_keeps_its_outcome(tree, kind):
+    """acs-fs SIGKILLed at each fsync/fdatasync of a flag rename, a move or an unlink in turn
+    (N = 1, 2, ... until the call completes without reaching it) while another connection
+    stays open all along (as acs-syncd's does), then restarted: what the tree shows then
+    stays once that connection closes and everything is reopened. A kill at the WAL's sync
+    inside COMMIT leaves the transaction in limbo (in the WAL, not in the shared WAL index):
+    the tree showed it undone, and SQLite's index rebuild at the next open brought it back
+    (soak seed 223: a move whose rename failed and the tree showed undone reached the
+    server after all). acs-fs's write at start (acs_store_settle) decides it first."""
+    outcomes = {'done': 0, 'not': 0}
+    when = 1
+    held = None
+    try:
+        while True:
+            assert when < 50, 'no end of steps'
+            _fresh_cache(tree)
+            held = sqlite3.connect(f'file:{tree.db}?mode=ro', uri=True)
+            held.execute('SELECT count(*) FROM message').fetchone()
+            before = _where(tree, 'one')
+            assert before == ('INBOX', 'S'), before
+            src = by_subject(tree, tree.root / 'INBOX', 'one')
+            stem = src.name.partition(':2,')[0]
+            call = {'flags': lambda: os.rename(src, src.parent / f'{stem}:2,FS'),
+                    'move': lambda: os.rename(src, tree.root / 'Archive' / 'cur' / src.name),
+                    'unlink': lambda: os.unlink(src)}[kind]
+            killed = _call_killed_at(tree, 'fsync,fdatasync', when, call)
+            shown = _where(tree, 'one')
+            # the connection open all along goes and acs-fs is killed too (a clean close
+            # would checkpoint and remove the WAL): the next open rebuilds the WAL index
+            # from the WAL, and what the tree showed must stay
+            held.close()
+            held = None
+            tree.mount.proc.kill()
+            tree.mount.stop()
+            start(tree)
+            again = _where(tree, 'one')
+            assert again == shown, f'{kind}, kill at sync #{when}: the tree showed {shown}, after a reopen {again}'
+            if not killed:
+                assert shown != before, f'{kind}: the call went through untouched, the tree shows {shown}'
+                break
+            outcomes['not' if shown == before else 'done'] += 1
+            when += 1
+    finally:
+        if held:
+            held.close()
+    print(f'{kind} killed at {when - 1} syncs: {outcomes}')
+    assert outcomes['not'] > 0, outcomes
 
 
 def _clear_ops(t):

@@ -1440,6 +1440,33 @@ TEST(meta)
         tmp_done();
 }
 
+TEST(settle)
+{
+        acs_store *s, *ro;
+        char *a = NULL, *b = NULL;
+
+        tmp_init();
+        s = open_new("settle.db");
+        /* a new value every time: an unchanged cell would not be written at all */
+        CHECK_INT(acs_store_settle(s), 0);
+        CHECK_INT(acs_store_meta_get(s, "settled", &a), 0);
+        CHECK_INT(acs_store_settle(s), 0);
+        CHECK_INT(acs_store_meta_get(s, "settled", &b), 0);
+        CHECK(a && b && strcmp(a, b) != 0);
+        free(a);
+        free(b);
+        CHECK_INT(acs_store_begin(s, false), 0);
+        CHECK_INT(acs_store_settle(s), -EINVAL); /* not inside a transaction */
+        acs_store_rollback(s);
+        ro = NULL;
+        CHECK_INT(acs_store_open(tmp_path("settle.db"), ACS_STORE_READONLY, &ro, NULL), 0);
+        if (ro)
+                CHECK_INT(acs_store_settle(ro), -EROFS);
+        acs_store_close(ro);
+        acs_store_close(s);
+        tmp_done();
+}
+
 /* ---- two handles ---- */
 
 TEST(writer_and_reader)
