@@ -2326,11 +2326,11 @@ int acs_store_settle(acs_store *s)
         if (r < 0)
                 return r;
         r = acs_store_meta_set(s, "settled", v);
-        if (r < 0) {
-                acs_store_rollback(s);
-                return r;
-        }
-        return acs_store_commit(s);
+        if (r == 0)
+                r = acs_store_commit(s);
+        if (r < 0)
+                acs_store_rollback(s); /* a busy COMMIT leaves the transaction open */
+        return r;
 }
 
 int acs_store_meta_get(acs_store *s, const char *key, char **ret_value)
